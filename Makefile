@@ -1,0 +1,37 @@
+# merge-models: `make demo` sets everything up and merges the samples; `make test` runs the tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test lint bench samples fixtures clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create/refresh the virtualenv in .venv with the package and its test tools
+
+demo: install ## merge the two sample models, verify, and run the merged model on held-out rows
+	@mkdir -p build
+	$(BIN)/merge-models merge --map samples/features.toml --out build/merged.onnx
+	$(BIN)/python samples/predict.py build/merged.onnx samples/rows.csv
+
+test: install ## run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: install ## ruff and mypy
+	$(BIN)/ruff check merge_cli tests samples
+	$(BIN)/mypy
+
+samples: install ## regenerate the sample models (needs only the test extra)
+	$(BIN)/python samples/make_samples.py
+
+clean: ## remove the virtualenv and build outputs
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,65 @@
+"""Exit codes and the one exception every user-facing failure becomes."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    """The documented exit statuses (DESIGN.md, "Exit codes")."""
+
+    OK = 0
+    VERIFY_FAILED = 1
+    USAGE = 2
+    BAD_INPUT = 3
+    INCOMPATIBLE = 4
+    CANNOT_WRITE = 5
+    INTERRUPTED = 130
+    INTERNAL = 70
+
+
+class MergeError(Exception):
+    """A user error: printed as one `error: <file>: <problem>` line (plus a hint), never a traceback."""
+
+    def __init__(
+        self,
+        code: ExitCode,
+        file: str | Path | None,
+        message: str,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.file = str(file) if file is not None else None
+        self.message = message
+        self.hint = hint
+
+    def line(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"error: {where}{self.message}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "code": int(self.code),
+            "kind": self.code.name.lower(),
+            "file": self.file,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+def bad_input(file: str | Path | None, message: str, hint: str | None = None) -> MergeError:
+    return MergeError(ExitCode.BAD_INPUT, file, message, hint)
+
+
+def incompatible(file: str | Path | None, message: str, hint: str | None = None) -> MergeError:
+    return MergeError(ExitCode.INCOMPATIBLE, file, message, hint)
+
+
+def cannot_write(file: str | Path | None, message: str, hint: str | None = None) -> MergeError:
+    return MergeError(ExitCode.CANNOT_WRITE, file, message, hint)
+
+
+def usage(file: str | Path | None, message: str, hint: str | None = None) -> MergeError:
+    return MergeError(ExitCode.USAGE, file, message, hint)

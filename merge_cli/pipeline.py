@@ -1,0 +1,280 @@
+"""The merge, end to end: mapping -> parts -> spliced graph + combiner -> checked, verified, written."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import __version__
+from .combiners import Head, build_combiner, reference
+from .errors import ExitCode, MergeError, incompatible
+from .mapping import FeatureMapping, apply_overrides, canonical, canonical_json, load_mapping
+from .model_io import (
+    LoadedModel,
+    check_model,
+    check_output_path,
+    commit,
+    load_model,
+    sha256_file,
+    staging_dir,
+    write_model,
+)
+from .normalize import Part, Target, common_target, convert_part, read_part
+from .splice import assemble, prefix_model, splice
+from .verify import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, VerifyReport, random_rows, runtime_ir_cap, verify
+from .wire import PROTOBUF_LIMIT, Refs, payload_bytes
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+Progress = Callable[[str], None]
+EXTERNAL_MARGIN = 64 * 1024 * 1024  # headroom under protobuf's 2 GiB for the graph itself
+
+
+@dataclass
+class ModelReport:
+    name: str
+    path: str
+    columns: list[str]
+    task: str
+    head: str
+    classes: list[Any] | None
+    opset_from: int | None
+    opset_to: int
+    bytes: int
+
+
+@dataclass
+class MergeResult:
+    """What a merge produced; `to_dict()` is the `--json` document."""
+
+    output: Path
+    files: list[Path]
+    models: list[ModelReport]
+    combiner: str
+    outputs: list[dict[str, Any]]
+    opsets: dict[str, int]
+    ir_version: int
+    verification: VerifyReport | None
+    seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "output": str(self.output),
+            "files": [{"path": str(f), "bytes": f.stat().st_size} for f in self.files],
+            "models": [vars(m) for m in self.models],
+            "combiner": self.combiner,
+            "outputs": self.outputs,
+            "opsets": self.opsets,
+            "ir_version": self.ir_version,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "seconds": round(self.seconds, 4),
+            "stages": {k: round(v, 4) for k, v in self.stages.items()},
+        }
+
+
+def merge(
+    mapping: str | Path,
+    out: str | Path,
+    models: Sequence[str | Path] = (),
+    *,
+    combiner: str | None = None,
+    weights: Sequence[float] | None = None,
+    keep_outputs: bool = False,
+    verify_output: bool = True,
+    rows: int = DEFAULT_ROWS,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    opset: int | None = None,
+    external_data: bool = False,
+    progress: Progress | None = None,
+) -> MergeResult:
+    """Merge the mapping's models into `out` and (unless verify_output=False) prove it with onnxruntime.
+
+    Raises MergeError (with its exit code) for every user-facing problem.
+    """
+    start = time.perf_counter()
+    stages: dict[str, float] = {}
+    step = _Stopwatch(stages, progress)
+    out = Path(out)
+    if rows < 1:
+        raise MergeError(ExitCode.USAGE, None, f"--rows must be at least 1, not {rows}")
+
+    with step("read mapping"):
+        spec = apply_overrides(load_mapping(Path(mapping)), [Path(m) for m in models], combiner,
+                               list(weights) if weights is not None else None)
+        check_output_path(out, input_files(spec))
+    with step("load"):
+        loaded = [load_model(m.path) for m in spec.models]
+        check_output_path(out, input_files(spec) + [f for m in loaded for f in m.data_files])
+        parts = [read_part(m, lm) for m, lm in zip(spec.models, loaded, strict=True)]
+    with step("convert"):
+        target = common_target(parts, opset, runtime_ir_cap())
+        for part in parts:
+            convert_part(part, target)
+            prefix_model(part.model, f"{part.name}/")
+    with step("splice"):
+        model, heads = build_model(parts, spec, target, keep_outputs, out)
+        refs: Refs = {k: v for lm in loaded for k, v in lm.refs.items()}
+        check_model(model, refs, out.name, full=True)
+    external = external_data or model.ByteSize() + payload_bytes(model, refs) > PROTOBUF_LIMIT - EXTERNAL_MARGIN
+    report = None
+    with staging_dir(out) as tmp:
+        with step("write"):
+            files = write_model(model, refs, tmp / out.name, external)
+        if verify_output:
+            with step("verify"):
+                report = verify_parts(files[0], parts, spec, heads, keep_outputs, rows, atol, rtol)
+            if not report.passed:
+                raise MergeError(ExitCode.VERIFY_FAILED, out, report.failure(),
+                                 "nothing was written; raise --atol/--rtol if the difference is acceptable")
+        placed = commit(files, out)
+    return MergeResult(
+        output=out,
+        files=placed,
+        models=[model_report(p, spec, target) for p in parts],
+        combiner=spec.combiner.kind,
+        outputs=[_output_entry(o) for o in model.graph.output],
+        opsets=target.opsets,
+        ir_version=target.ir_version,
+        verification=report,
+        seconds=time.perf_counter() - start,
+        stages=stages,
+    )
+
+
+def input_files(spec: FeatureMapping) -> list[Path]:
+    files = [spec.source, *(m.path for m in spec.models)]
+    files += [p for p in (spec.combiner.data, spec.combiner.path) if p is not None]
+    return files
+
+
+def build_model(parts: list[Part], spec: FeatureMapping, target: Target, keep_outputs: bool,
+                out: Path) -> tuple[ModelProto, list[Head]]:
+    """The merged ModelProto (weights still by reference) and the heads its combiner reads."""
+    from onnx import helper
+
+    spliced = splice(parts, spec)
+    heads = [Head.of(p) for p in parts]
+    combined = build_combiner(spec, heads, spliced.fresh, target.opsets[""])
+    outputs = list(combined.outputs)
+    if keep_outputs:
+        for part in parts:
+            tensors = {f"{part.name}/{o.name}" for o in part.outputs}
+            outputs.extend(o for o in part.model.graph.output if o.name in tensors)
+    graph = assemble(spliced, combined.nodes, combined.initializers, outputs, "merged")
+    model = helper.make_model(
+        graph,
+        ir_version=target.ir_version,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in target.opsets.items()],
+        producer_name="merge-models",
+        producer_version=__version__,
+        doc_string=f"{spec.combiner.kind} of {', '.join(p.name for p in parts)}, merged by merge-models",
+    )
+    model.functions.extend(spliced.functions)
+    _used_function_domains(model, target)
+    helper.set_model_props(model, provenance(spec, parts, out))
+    return model, heads
+
+
+def _used_function_domains(model: ModelProto, target: Target) -> None:
+    """Local functions' domains need an opset_import entry too (one per domain)."""
+    known = {e.domain for e in model.opset_import}
+    for function in model.functions:
+        if function.domain not in known:
+            model.opset_import.add(domain=function.domain, version=1)
+            known.add(function.domain)
+
+
+def provenance(spec: FeatureMapping, parts: list[Part], out: Path) -> dict[str, str]:
+    """Tool version, the resolved mapping and each source's sha256, for `verify` and for people."""
+    sources = []
+    for part in parts:
+        lm: LoadedModel = part.source
+        sources.append({
+            "model": part.name,
+            "file": canonical(spec, out.parent)["models"][part.name]["path"],
+            "sha256": sha256_file(lm.path),
+            "bytes": lm.path.stat().st_size,
+        })
+    props = {
+        "merge_models.version": __version__,
+        "merge_models.mapping": canonical_json(canonical(spec, out.parent)),
+        "merge_models.sources": canonical_json(sources),
+    }
+    for part in parts:
+        for p in part.model.metadata_props:
+            props[f"{part.name}/{p.key}"] = p.value
+    return dict(sorted(props.items()))
+
+
+def verify_parts(merged: Path, parts: list[Part], spec: FeatureMapping, heads: list[Head], keep_outputs: bool,
+                 rows: int, atol: float, rtol: float) -> VerifyReport:
+    def expected_of(outputs: list[dict[str, np.ndarray]], batch: np.ndarray) -> dict[str, np.ndarray]:
+        arrays = [o[p.head.name] for p, o in zip(parts, outputs, strict=True)]
+        expected = reference(spec.combiner, heads, arrays, batch)
+        if keep_outputs:
+            for part, values in zip(parts, outputs, strict=True):
+                for name, value in values.items():
+                    expected[f"{part.name}/{name}"] = value
+        return expected
+
+    batches = [random_rows(rows, len(spec.input.columns), spec.input.dtype)]
+    return verify(merged, parts, expected_of, batches, atol, rtol)
+
+
+def model_report(part: Part, spec: FeatureMapping, target: Target) -> ModelReport:
+    return ModelReport(
+        name=part.name,
+        path=str(part.source.path),
+        columns=[spec.input.columns[c] for c in part.spec.columns],
+        task=part.task,
+        head=part.head.name,
+        classes=list(part.classes) if part.classes is not None else None,
+        opset_from=part.opset_from,
+        opset_to=target.opsets[""],
+        bytes=part.source.size,
+    )
+
+
+def _output_entry(vi: Any) -> dict[str, Any]:
+    from onnx import TensorProto
+
+    from .normalize import tensor_info
+
+    info = tensor_info(vi)
+    if info is None:
+        return {"name": vi.name, "type": "non-tensor", "shape": None}
+    shape = None if info.shape is None else [d if isinstance(d, int) else (d or "?") for d in info.shape]
+    return {"name": info.name, "type": TensorProto.DataType.Name(info.elem_type).lower(), "shape": shape}
+
+
+class _Stopwatch:
+    """Times named stages and tells the progress callback when each starts."""
+
+    def __init__(self, stages: dict[str, float], progress: Progress | None) -> None:
+        self.stages = stages
+        self.progress = progress
+        self.name = ""
+
+    def __call__(self, name: str) -> _Stopwatch:
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        if self.progress:
+            self.progress(self.name)
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stages[self.name] = time.perf_counter() - self.started
+
+
+__all__ = ["MergeResult", "merge", "incompatible"]

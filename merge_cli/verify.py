@@ -1,0 +1,295 @@
+"""Prove with onnxruntime that the merged file computes what the original files plus the combiner compute.
+
+This is the only module that imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ExitCode, MergeError, bad_input
+from .normalize import Part
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+NUMPY_OF = {1: np.float32, 11: np.float64, 10: np.float16, 6: np.int32, 7: np.int64, 9: np.bool_, 8: np.object_}
+DEFAULT_ROWS = 256
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-5
+
+
+@dataclass
+class OutputCheck:
+    name: str
+    shape: list[int]
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    mismatches: int = 0  # label or integer values that differ
+    near_ties: int = 0  # label differences where the expected probabilities tie within tolerance
+    nonfinite: int = 0  # NaN/Inf values on rows whose inputs were finite
+    passed: bool = True
+    problem: str | None = None
+
+
+@dataclass
+class VerifyReport:
+    rows: int
+    atol: float
+    rtol: float
+    outputs: list[OutputCheck] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "rows": self.rows,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "max_abs_error": self.max_abs,
+            "max_rel_error": self.max_rel,
+            "would_pass_with": {"atol": self.max_abs, "rtol": self.max_rel},
+            "outputs": [asdict(o) for o in self.outputs],
+            "seconds": round(self.seconds, 4),
+        }
+
+    def failure(self) -> str:
+        bad = [o for o in self.outputs if not o.passed]
+        parts = []
+        for o in bad:
+            if o.problem:
+                parts.append(f"{o.name}: {o.problem}")
+            else:
+                parts.append(f"{o.name}: max abs error {o.max_abs:.3g}, max rel error {o.max_rel:.3g}")
+        return ("merged outputs differ from the parts plus the combiner: " + "; ".join(parts)
+                + f" (atol={self.atol:g}, rtol={self.rtol:g}; would pass with atol={self.max_abs:.3g} "
+                f"or rtol={self.max_rel:.3g})")
+
+
+# ---------------------------------------------------------------------------- onnxruntime
+
+
+def quiet_options() -> onnxruntime.SessionOptions:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: warnings would leak onto stderr around our own lines
+    return options
+
+
+def open_session(source: Path | bytes, on_error: Callable[[str], MergeError]) -> onnxruntime.InferenceSession:
+    import onnxruntime as ort
+
+    try:
+        what = str(source) if isinstance(source, Path) else source
+        return ort.InferenceSession(what, quiet_options(), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for every failure
+        raise on_error(_first_line(e)) from None
+
+
+@functools.cache
+def runtime_ir_cap() -> int:
+    """The newest IR version the installed onnxruntime loads (probed once with a one-node model)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    node = helper.make_node("Identity", ["x"], ["y"])
+    graph = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", 1, [1])],
+                              [helper.make_tensor_value_info("y", 1, [1])])
+    for ir in range(onnx.IR_VERSION, 3, -1):
+        model = helper.make_model(graph, ir_version=ir, opset_imports=[helper.make_opsetid("", 13)])
+        try:
+            ort.InferenceSession(model.SerializeToString(), quiet_options(), providers=["CPUExecutionProvider"])
+            return ir
+        except Exception:
+            continue
+    return 3
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---------------------------------------------------------------------------- running the parts
+
+
+def random_rows(n: int, width: int, dtype: str, seed: int = 0) -> np.ndarray:
+    """Seeded rows of mixed scale (0.1x to 10x a standard normal), so thresholds of all sizes are crossed."""
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((n, width)) * 10.0 ** rng.uniform(-1, 1, size=(n, 1))
+    return rows.astype(dtype)
+
+
+def part_feed(part: Part, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The original model's inputs: its columns of `rows`, in its own dtype and rank."""
+    from .splice import match_routes
+
+    feed = {}
+    for info, columns in match_routes(part):
+        values = rows[:, list(columns)]
+        if info.rank == 1:
+            values = values[:, 0]
+        feed[info.name] = values.astype(NUMPY_OF.get(info.elem_type, np.float32))
+    return feed
+
+
+def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Run the ORIGINAL file; a ZipMap output (a list of dicts) comes back as the [N, K] tensor it wraps."""
+    fed_by = {tensor: zipmap for zipmap, tensor in part.zipmaps.items()}
+    fetch = [fed_by.get(o.name, o.name) for o in part.outputs]
+    try:
+        values = session.run(fetch, part_feed(part, rows))
+    except Exception as e:
+        raise bad_input(part.source.path, f"onnxruntime cannot run this model: {_first_line(e)}") from None
+    out = {}
+    for o, name, value in zip(part.outputs, fetch, values, strict=True):
+        if name in part.zipmaps:
+            classes = part.classes or ()
+            value = np.array([[row[c] for c in classes] for row in value], dtype=np.float32).reshape(-1, len(classes))
+        out[o.name] = np.asarray(value)
+    return out
+
+
+def batch_size(parts: list[Part]) -> int | None:
+    """A fixed batch dimension declared by any part (then rows are run in chunks of it)."""
+    sizes = {i.shape[0] for p in parts for i in p.inputs if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
+    return min(sizes) if sizes else None
+
+
+# ---------------------------------------------------------------------------- comparing
+
+
+def compare(name: str, got: np.ndarray, want: np.ndarray, atol: float, rtol: float,
+            finite_rows: np.ndarray, ties: np.ndarray | None = None) -> OutputCheck:
+    check = OutputCheck(name, list(want.shape))
+    if got.shape != want.shape:
+        check.passed = False
+        check.problem = f"shape {list(got.shape)}, expected {list(want.shape)}"
+        return check
+    if want.dtype.kind not in "fc":
+        differ = got != want
+        check.mismatches = int(differ.sum())
+        if ties is not None and check.mismatches:
+            check.near_ties = int((differ & ties).sum())
+        if check.mismatches > check.near_ties:
+            check.passed = False
+            check.problem = f"{check.mismatches - check.near_ties} of {want.size} values differ"
+        return check
+    g, w = got.astype(np.float64), want.astype(np.float64)
+    rows_mask = finite_rows.reshape((-1,) + (1,) * (g.ndim - 1)) if g.ndim else finite_rows
+    rows_mask = np.broadcast_to(rows_mask, g.shape)
+    g_bad, w_bad = ~np.isfinite(g), ~np.isfinite(w)
+    # Non-finite values never match on rows whose inputs were finite; elsewhere NaN must match NaN.
+    check.nonfinite = int((g_bad & rows_mask).sum())
+    pattern_differs = int(((g_bad != w_bad) & ~rows_mask).sum())
+    both = ~g_bad & ~w_bad
+    if both.any():
+        diff = np.abs(g[both] - w[both])
+        scale = np.abs(w[both])
+        check.max_abs = float(diff.max())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(diff == 0, 0.0, diff / scale)
+        check.max_rel = float(rel.max())
+        within = bool(np.all(diff <= atol + rtol * scale))
+    else:
+        within = True
+    if check.nonfinite:
+        check.passed = False
+        check.problem = f"{check.nonfinite} non-finite values on finite input rows"
+    elif pattern_differs:
+        check.passed = False
+        check.problem = f"{pattern_differs} values are non-finite in one result but not the other"
+    else:
+        check.passed = within
+    return check
+
+
+def near_ties(probabilities: np.ndarray, atol: float, rtol: float) -> np.ndarray:
+    """Rows whose two highest probabilities are within tolerance: argmax there may go either way."""
+    if probabilities.ndim != 2 or probabilities.shape[1] < 2:
+        return np.zeros(len(probabilities), dtype=bool)
+    top = np.sort(probabilities.astype(np.float64), axis=1)[:, -2:]
+    return (top[:, 1] - top[:, 0]) <= 2 * (atol + rtol * np.abs(top[:, 1]))
+
+
+# ---------------------------------------------------------------------------- the whole check
+
+
+def verify(
+    merged: Path,
+    parts: list[Part],
+    expected_of: Callable[[list[dict[str, np.ndarray]], np.ndarray], dict[str, np.ndarray]],
+    batches: list[np.ndarray],
+    atol: float,
+    rtol: float,
+) -> VerifyReport:
+    """Run the merged file and each original file on every batch; compare with `expected_of(part outputs)`."""
+    start = time.perf_counter()
+    merged_session = open_session(merged, lambda m: MergeError(
+        ExitCode.VERIFY_FAILED, merged.name, f"onnxruntime cannot load the merged model: {m}"))
+    sessions = [open_session(p.source.path, lambda m, p=p: bad_input(  # type: ignore[misc]
+        p.source.path, f"onnxruntime cannot load this model: {m}")) for p in parts]
+    input_name = merged_session.get_inputs()[0].name
+    output_names = [o.name for o in merged_session.get_outputs()]
+    chunk = batch_size(parts)
+    checks: dict[str, OutputCheck] = {}
+    total = 0
+    for rows in batches:
+        for lo in range(0, len(rows), chunk or max(len(rows), 1)):
+            piece = rows[lo: lo + chunk] if chunk else rows
+            if chunk and len(piece) < chunk:
+                continue
+            part_outputs = [run_part(p, s, piece) for p, s in zip(parts, sessions, strict=True)]
+            expected = expected_of(part_outputs, piece)
+            try:
+                got = dict(zip(output_names, merged_session.run(output_names, {input_name: piece}), strict=True))
+            except Exception as e:
+                raise MergeError(ExitCode.VERIFY_FAILED, merged.name,
+                                 f"onnxruntime cannot run the merged model: {_first_line(e)}") from None
+            finite_rows = np.isfinite(piece.astype(np.float64)).all(axis=1)
+            ties = near_ties(expected["probabilities"], atol, rtol) if "probabilities" in expected else None
+            for name in output_names:
+                if name not in expected:
+                    continue
+                check = compare(name, np.asarray(got[name]), np.asarray(expected[name]), atol, rtol, finite_rows,
+                                ties if name == "label" else None)
+                checks[name] = merge_checks(checks.get(name), check)
+            total += len(piece)
+    return VerifyReport(total, atol, rtol, list(checks.values()), time.perf_counter() - start)
+
+
+def merge_checks(old: OutputCheck | None, new: OutputCheck) -> OutputCheck:
+    if old is None:
+        return new
+    return OutputCheck(
+        name=new.name,
+        shape=[old.shape[0] + new.shape[0], *new.shape[1:]] if old.shape and new.shape else new.shape,
+        max_abs=max(old.max_abs, new.max_abs),
+        max_rel=max(old.max_rel, new.max_rel),
+        mismatches=old.mismatches + new.mismatches,
+        near_ties=old.near_ties + new.near_ties,
+        nonfinite=old.nonfinite + new.nonfinite,
+        passed=old.passed and new.passed,
+        problem=old.problem or new.problem,
+    )

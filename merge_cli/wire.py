@@ -1,0 +1,326 @@
+"""Read and write ONNX files at the protobuf wire level, so weight bytes are referenced, never parsed.
+
+A model file is scanned field by field. Every large tensor payload in the main graph's initializers
+(`raw_data`, or packed `float_data`/`double_data`, which are the same little-endian bytes) is skipped
+and recorded as a ByteRange; the rest - the graph's structure - is small and parsed with protobuf.
+In the parsed "skeleton" such a tensor looks like an external-data tensor whose location is a token
+(`REF_PREFIX` + n) that no real file name can equal. On writing, the bytes go straight from the
+input files to the output file (os.copy_file_range), never through Python objects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import mmap
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from onnx import ModelProto, TensorProto
+
+INLINE_LIMIT = 1024  # payloads up to this many bytes stay in the proto (shape constants and the like)
+REF_PREFIX = "\0merge-models:"  # file paths cannot contain NUL, so no real location equals a token
+PROTOBUF_LIMIT = 2**31 - 1  # a serialized protobuf message cannot be larger than this
+
+# Field numbers from onnx.proto.
+_MODEL_GRAPH = 7
+_GRAPH_INITIALIZER = 5
+_TENSOR_DATA_TYPE = 2
+_TENSOR_FLOAT_DATA = 4
+_TENSOR_RAW_DATA = 9
+_TENSOR_DOUBLE_DATA = 10
+_TENSOR_EXTERNAL_DATA = 13
+_TENSOR_DATA_LOCATION = 14
+_FLOAT, _DOUBLE = 1, 11
+
+_tokens = itertools.count()
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    """Where a tensor's little-endian bytes live: a file, an offset and a length."""
+
+    path: str
+    offset: int
+    length: int
+
+
+class WireError(ValueError):
+    """The bytes are not a well-formed protobuf message."""
+
+
+Refs = dict[str, ByteRange]
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read_skeleton(path: Path, refs: Refs) -> bytes:
+    """Return the model's bytes with large initializer payloads cut out (and recorded in `refs`)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return b""
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return bytes(_Scanner(mm, str(path), refs).model(0, size))
+
+
+class _Scanner:
+    def __init__(self, buf: mmap.mmap, path: str, refs: Refs) -> None:
+        self.buf = buf
+        self.path = path
+        self.refs = refs
+
+    def fields(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+        """Yield (field number, wire type, field start, value start, value end) for each field."""
+        pos = start
+        buf = self.buf
+        while pos < end:
+            field_start = pos
+            key, pos = _read_varint(buf, pos, end)
+            number, wire_type = key >> 3, key & 7
+            if number == 0:
+                raise WireError(f"field number 0 at byte {field_start}")
+            if wire_type == 0:
+                value_start = pos
+                _, pos = _read_varint(buf, pos, end)
+            elif wire_type == 1:
+                value_start, pos = pos, pos + 8
+            elif wire_type == 5:
+                value_start, pos = pos, pos + 4
+            elif wire_type == 2:
+                length, value_start = _read_varint(buf, pos, end)
+                pos = value_start + length
+            else:
+                raise WireError(f"unsupported wire type {wire_type} at byte {field_start}")
+            if pos > end:
+                raise WireError(f"field {number} at byte {field_start} runs past the end of its message")
+            yield number, wire_type, field_start, value_start, pos
+
+    def model(self, start: int, end: int) -> bytearray:
+        out = bytearray()
+        for number, wire_type, field_start, value_start, value_end in self.fields(start, end):
+            if number == _MODEL_GRAPH and wire_type == 2:
+                _append_field(out, number, self.graph(value_start, value_end))
+            else:
+                out += self.buf[field_start:value_end]
+        return out
+
+    def graph(self, start: int, end: int) -> bytearray:
+        out = bytearray()
+        for number, wire_type, field_start, value_start, value_end in self.fields(start, end):
+            if number == _GRAPH_INITIALIZER and wire_type == 2:
+                _append_field(out, number, self.tensor(value_start, value_end))
+            else:
+                out += self.buf[field_start:value_end]
+        return out
+
+    def tensor(self, start: int, end: int) -> bytearray:
+        fields = list(self.fields(start, end))
+        data_type = 0
+        for number, wire_type, _, value_start, _ in fields:
+            if number == _TENSOR_DATA_TYPE and wire_type == 0:
+                data_type, _ = _read_varint(self.buf, value_start, end)
+        payload = None
+        for i, (number, wire_type, _, value_start, value_end) in enumerate(fields):
+            if wire_type != 2 or value_end - value_start <= INLINE_LIMIT:
+                continue
+            if (
+                number == _TENSOR_RAW_DATA
+                or (number == _TENSOR_FLOAT_DATA and data_type == _FLOAT)
+                or (number == _TENSOR_DOUBLE_DATA and data_type == _DOUBLE)
+            ):
+                payload = i
+        if payload is None:
+            return bytearray(self.buf[start:end])
+        out = bytearray()
+        for i, (_, _, field_start, _, value_end) in enumerate(fields):
+            if i != payload:
+                out += self.buf[field_start:value_end]
+        _, _, _, value_start, value_end = fields[payload]
+        token = f"{REF_PREFIX}{next(_tokens)}"
+        self.refs[token] = ByteRange(self.path, value_start, value_end - value_start)
+        out += external_fields(token, 0, value_end - value_start)
+        return out
+
+
+def _read_varint(buf: mmap.mmap | bytes, pos: int, end: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        if pos >= end:
+            raise WireError(f"truncated varint at byte {pos}")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise WireError(f"varint longer than 10 bytes at byte {pos}")
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _header(number: int, length: int) -> bytes:
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _append_field(out: bytearray, number: int, value: bytes | bytearray) -> None:
+    out += _header(number, len(value))
+    out += value
+
+
+def _string_entry(key: str, value: str) -> bytes:
+    body = bytearray()
+    _append_field(body, 1, key.encode())
+    _append_field(body, 2, value.encode())
+    return _header(_TENSOR_EXTERNAL_DATA, len(body)) + bytes(body)
+
+
+def external_fields(location: str, offset: int, length: int) -> bytes:
+    """Serialized TensorProto fields marking a tensor as external data at location/offset/length."""
+    out = _string_entry("location", location)
+    if offset:
+        out += _string_entry("offset", str(offset))
+    out += _string_entry("length", str(length))
+    return out + _varint(_TENSOR_DATA_LOCATION << 3) + _varint(1)
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def ref_of(tensor: TensorProto, refs: Refs) -> ByteRange | None:
+    """The ByteRange a skeleton tensor stands for, or None for an ordinary tensor."""
+    if tensor.data_location != 1:
+        return None
+    for entry in tensor.external_data:
+        if entry.key == "location" and entry.value.startswith(REF_PREFIX):
+            return refs[entry.value]
+    return None
+
+
+def payload_bytes(model: ModelProto, refs: Refs) -> int:
+    return sum(r.length for t in model.graph.initializer if (r := ref_of(t, refs)) is not None)
+
+
+def write_single_file(model: ModelProto, refs: Refs, out: BinaryIO) -> int:
+    """Serialize `model` to `out` with every referenced payload copied in as raw_data; return bytes written."""
+    from onnx import GraphProto, ModelProto, TensorProto
+
+    head = ModelProto()
+    head.CopyFrom(model)
+    head.ClearField("graph")
+    graph_head = GraphProto()
+    graph_head.CopyFrom(model.graph)
+    del graph_head.initializer[:]
+
+    pieces: list[bytes | ByteRange] = [graph_head.SerializeToString(deterministic=True)]
+    for tensor in model.graph.initializer:
+        ref = ref_of(tensor, refs)
+        if ref is None:
+            body = tensor.SerializeToString(deterministic=True)
+            pieces.append(_header(_GRAPH_INITIALIZER, len(body)) + body)
+            continue
+        bare = TensorProto()
+        bare.CopyFrom(tensor)
+        bare.ClearField("external_data")
+        bare.ClearField("data_location")
+        body = bare.SerializeToString(deterministic=True)
+        raw_header = _header(_TENSOR_RAW_DATA, ref.length)
+        pieces.append(_header(_GRAPH_INITIALIZER, len(body) + len(raw_header) + ref.length) + body + raw_header)
+        pieces.append(ref)
+    graph_len = sum(p.length if isinstance(p, ByteRange) else len(p) for p in pieces)
+    pieces.insert(0, head.SerializeToString(deterministic=True) + _header(_MODEL_GRAPH, graph_len))
+    return _write_pieces(pieces, out)
+
+
+def write_with_external_data(
+    model: ModelProto, refs: Refs, out: BinaryIO, data_out: BinaryIO, location: str, align: int = 4096
+) -> tuple[int, int]:
+    """Write the proto to `out` and every referenced payload to `data_out` (named `location`)."""
+    from onnx import ModelProto
+
+    pieces: list[bytes | ByteRange] = []
+    offset = 0
+    proto = ModelProto()
+    proto.CopyFrom(model)
+    for tensor in proto.graph.initializer:
+        ref = ref_of(tensor, refs)
+        if ref is None:
+            continue
+        pad = -offset % align
+        if pad:
+            pieces.append(b"\0" * pad)
+            offset += pad
+        del tensor.external_data[:]
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(ref.length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        pieces.append(ref)
+        offset += ref.length
+    data_size = _write_pieces(pieces, data_out)
+    proto_bytes = proto.SerializeToString(deterministic=True)
+    out.write(proto_bytes)
+    return len(proto_bytes), data_size
+
+
+def _write_pieces(pieces: list[bytes | ByteRange], out: BinaryIO) -> int:
+    written = 0
+    for piece in pieces:
+        if isinstance(piece, ByteRange):
+            out.flush()
+            copy_range(piece, out.fileno())
+            written += piece.length
+        else:
+            out.write(piece)
+            written += len(piece)
+    out.flush()
+    return written
+
+
+def copy_range(ref: ByteRange, dst_fd: int) -> None:
+    """Copy ref's bytes to the current position of dst_fd without passing them through Python objects."""
+    with open(ref.path, "rb") as src:
+        src_fd = src.fileno()
+        offset, remaining = ref.offset, ref.length
+        copy = getattr(os, "copy_file_range", None)
+        while remaining:
+            n = 0
+            if copy is not None:
+                try:
+                    n = copy(src_fd, dst_fd, min(remaining, 1 << 30), offset)
+                except OSError:
+                    copy = None
+            if not n:
+                chunk = os.pread(src_fd, min(remaining, 1 << 24), offset)
+                if not chunk:
+                    raise OSError(f"{ref.path}: file is shorter than its model says")
+                n = os.write(dst_fd, chunk)
+            offset += n
+            remaining -= n
+
+
+def read_range(ref: ByteRange) -> bytes:
+    """The bytes themselves (for the few small tensors that must be inspected)."""
+    with open(ref.path, "rb") as f:
+        data = os.pread(f.fileno(), ref.length, ref.offset)
+    if len(data) != ref.length:
+        raise OSError(f"{ref.path}: file is shorter than its model says")
+    return data
