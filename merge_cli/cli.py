@@ -11,13 +11,17 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from . import __version__
+from .errors import ExitCode, MergeError
+
 try:  # typer >= 0.20 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer depends on click itself
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
-from . import __version__
-from .errors import ExitCode, MergeError
+# typer's own Exit/Abort; with older typer these are click's (the same classes)
+_EXIT = (typer.Exit, getattr(click_exceptions, "Exit", typer.Exit))
+_ABORT = (typer.Abort, getattr(click_exceptions, "Abort", typer.Abort), KeyboardInterrupt)
 
 app = typer.Typer(
     name="merge-models",
@@ -201,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except click_exceptions.ClickException as e:
         print(f"error: {e.format_message()}", file=sys.stderr)
         return int(e.exit_code)
-    except (typer.Exit, click_exceptions.Exit) as e:
+    except _EXIT as e:
         return int(e.exit_code)
-    except (typer.Abort, click_exceptions.Abort, KeyboardInterrupt):
+    except _ABORT:
         print("error: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
     return result if isinstance(result, int) else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from .normalize import DOUBLE, FLOAT, INT64, STRING, Part, Shape
 if TYPE_CHECKING:
     from onnx import NodeProto, TensorProto, ValueInfoProto
 
+Source = Path | None  # the file errors are reported against (the mapping)
 ELEMENTWISE = ("mean", "weighted", "sum", "max", "min")
 NUMPY_TYPES = {FLOAT: np.float32, DOUBLE: np.float64}
 
@@ -95,7 +97,7 @@ def promoted_type(heads: list[Head]) -> int:
     return DOUBLE if any(h.elem_type == DOUBLE for h in heads) else FLOAT
 
 
-def check_same_shapes(heads: list[Head], source: object) -> Shape:
+def check_same_shapes(heads: list[Head], source: Source) -> Shape:
     """Shapes must match exactly: [N,1] with [N,2] (or [N] with [N,1]) would silently broadcast."""
     first = heads[0]
     shape = first.shape
@@ -113,7 +115,7 @@ def check_same_shapes(heads: list[Head], source: object) -> Shape:
     return shape
 
 
-def check_same_classes(heads: list[Head], source: object) -> tuple[int, ...] | tuple[str, ...]:
+def check_same_classes(heads: list[Head], source: Source) -> tuple[int, ...] | tuple[str, ...]:
     first = heads[0]
     assert first.classes is not None
     for h in heads[1:]:
@@ -131,7 +133,7 @@ def _show(shape: Shape) -> str:
                            for i, d in enumerate(shape)) + "]"
 
 
-def task_of(heads: list[Head], kind: str, source: object) -> str:
+def task_of(heads: list[Head], kind: str, source: Source) -> str:
     tasks = {h.task for h in heads}
     if len(tasks) > 1 and kind != "concat":
         kinds = ", ".join(f"{h.model} is a {'classifier' if h.task == 'classification' else 'regressor'}" for h in heads)
@@ -150,7 +152,7 @@ def normalized_weights(heads: list[Head], kind: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- element-wise and concat
 
 
-def build_elementwise(spec: CombinerSpec, heads: list[Head], b: Builder, source: object) -> None:
+def build_elementwise(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source) -> None:
     task = task_of(heads, spec.kind, source)
     dtype = promoted_type(heads)
     shape = check_same_shapes(heads, source)
@@ -190,7 +192,7 @@ def class_array(classes: tuple[int, ...] | tuple[str, ...]) -> np.ndarray:
     return np.array(classes, dtype=np.int64)
 
 
-def build_concat(spec: CombinerSpec, heads: list[Head], b: Builder, source: object) -> None:
+def build_concat(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source) -> None:
     dtype = promoted_type(heads)
     ranks = {len(h.shape) for h in heads if h.shape is not None}
     if len(ranks) > 1:
@@ -255,7 +257,7 @@ def reference_concat(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndar
 
 # ---------------------------------------------------------------------------- registry
 
-Build = Callable[[CombinerSpec, list[Head], Builder, object], None]
+Build = Callable[[CombinerSpec, list[Head], Builder, Source], None]
 # (spec, heads, each part's head output, the merged input rows) -> expected merged outputs
 Reference = Callable[[CombinerSpec, list[Head], list[np.ndarray], np.ndarray], dict[str, np.ndarray]]
 

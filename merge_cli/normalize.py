@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import bad_input, incompatible
 from .mapping import ModelSpec
@@ -340,9 +340,9 @@ def convert_part(part: Part, target: Target) -> None:
     part.model = model
 
 
-def _all_nodes(graph: object) -> list[object]:
+def _all_nodes(graph: Any) -> list[Any]:
     out = []
-    for node in graph.node:  # type: ignore[attr-defined]
+    for node in graph.node:
         out.append(node)
         for attr in node.attribute:
             if attr.HasField("g"):

@@ -145,7 +145,7 @@ def part_feed(part: Part, rows: np.ndarray) -> dict[str, np.ndarray]:
     """The original model's inputs: its columns of `rows`, in its own dtype and rank."""
     from .splice import match_routes
 
-    feed = {}
+    feed: dict[str, np.ndarray] = {}
     for info, columns in match_routes(part):
         values = rows[:, list(columns)]
         if info.rank == 1:
@@ -267,7 +267,7 @@ def verify(
             except Exception as e:
                 raise MergeError(ExitCode.VERIFY_FAILED, merged.name,
                                  f"onnxruntime cannot run the merged model: {_first_line(e)}") from None
-            finite_rows = np.isfinite(piece.astype(np.float64)).all(axis=1)
+            finite_rows = np.asarray(np.isfinite(piece.astype(np.float64)).all(axis=1))
             ties = near_ties(expected["probabilities"], atol, rtol) if "probabilities" in expected else None
             for name in output_names:
                 if name not in expected:
