@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -34,6 +35,7 @@ class MergeError(Exception):
         self.file = str(file) if file is not None else None
         self.message = message
         self.hint = hint
+        self.details: dict[str, Any] = {}  # extra keys for the --json error document (e.g. the verification)
 
     def line(self) -> str:
         where = f"{self.file}: " if self.file else ""

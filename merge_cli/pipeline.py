@@ -102,7 +102,7 @@ def merge(
     """
     start = time.perf_counter()
     stages: dict[str, float] = {}
-    step = _Stopwatch(stages, progress)
+    step = Stopwatch(stages, progress)
     out = Path(out)
     if rows < 1:
         raise MergeError(ExitCode.USAGE, None, f"--rows must be at least 1, not {rows}")
@@ -114,12 +114,9 @@ def merge(
     with step("load"):
         loaded = [load_model(m.path) for m in spec.models]
         check_output_path(out, input_files(spec) + [f for m in loaded for f in m.data_files])
-        parts = [read_part(m, lm) for m, lm in zip(spec.models, loaded, strict=True)]
+        parts = read_parts(spec, loaded)
     with step("convert"):
-        target = common_target(parts, opset, runtime_ir_cap())
-        for part in parts:
-            convert_part(part, target)
-            prefix_model(part.model, f"{part.name}/")
+        target = convert_parts(parts, opset)
     with step("splice"):
         model, heads = build_model(parts, spec, target, keep_outputs, out)
         refs: Refs = {k: v for lm in loaded for k, v in lm.refs.items()}
@@ -133,8 +130,10 @@ def merge(
             with step("verify"):
                 report = verify_parts(files[0], parts, spec, heads, keep_outputs, rows, atol, rtol)
             if not report.passed:
-                raise MergeError(ExitCode.VERIFY_FAILED, out, report.failure(),
-                                 "nothing was written; raise --atol/--rtol if the difference is acceptable")
+                error = MergeError(ExitCode.VERIFY_FAILED, out, report.failure(),
+                                   "nothing was written; raise --atol/--rtol if the difference is acceptable")
+                error.details = {"verification": report.to_dict()}
+                raise error
         placed = commit(files, out)
     return MergeResult(
         output=out,
@@ -154,6 +153,20 @@ def input_files(spec: FeatureMapping) -> list[Path]:
     files = [spec.source, *(m.path for m in spec.models)]
     files += [p for p in (spec.combiner.data, spec.combiner.path) if p is not None]
     return files
+
+
+def read_parts(spec: FeatureMapping, loaded: list[LoadedModel]) -> list[Part]:
+    """Each loaded model as a part: its inputs, outputs, head and classes (see normalize.read_part)."""
+    return [read_part(m, lm) for m, lm in zip(spec.models, loaded, strict=True)]
+
+
+def convert_parts(parts: list[Part], opset: int | None) -> Target:
+    """Convert every part to the common opset and IR version, then prefix its names with `<model>/`."""
+    target = common_target(parts, opset, runtime_ir_cap())
+    for part in parts:
+        convert_part(part, target)
+        prefix_model(part.model, f"{part.name}/")
+    return target
 
 
 def build_model(parts: list[Part], spec: FeatureMapping, target: Target, keep_outputs: bool,
@@ -216,7 +229,9 @@ def provenance(spec: FeatureMapping, parts: list[Part], out: Path) -> dict[str, 
 
 
 def verify_parts(merged: Path, parts: list[Part], spec: FeatureMapping, heads: list[Head], keep_outputs: bool,
-                 rows: int, atol: float, rtol: float) -> VerifyReport:
+                 rows: int, atol: float, rtol: float, data: np.ndarray | None = None) -> VerifyReport:
+    """Verify `merged` on `rows` seeded random rows (and the given real rows) against the parts + combiner."""
+
     def expected_of(outputs: list[dict[str, np.ndarray]], batch: np.ndarray) -> dict[str, np.ndarray]:
         arrays = [o[p.head.name] for p, o in zip(parts, outputs, strict=True)]
         expected = reference(spec.combiner, heads, arrays, batch)
@@ -227,6 +242,8 @@ def verify_parts(merged: Path, parts: list[Part], spec: FeatureMapping, heads: l
         return expected
 
     batches = [random_rows(rows, len(spec.input.columns), spec.input.dtype)]
+    if data is not None:
+        batches.append(data)
     return verify(merged, parts, expected_of, batches, atol, rtol)
 
 
@@ -256,7 +273,7 @@ def _output_entry(vi: Any) -> dict[str, Any]:
     return {"name": info.name, "type": TensorProto.DataType.Name(info.elem_type).lower(), "shape": shape}
 
 
-class _Stopwatch:
+class Stopwatch:
     """Times named stages and tells the progress callback when each starts."""
 
     def __init__(self, stages: dict[str, float], progress: Progress | None) -> None:
@@ -264,7 +281,7 @@ class _Stopwatch:
         self.progress = progress
         self.name = ""
 
-    def __call__(self, name: str) -> _Stopwatch:
+    def __call__(self, name: str) -> Stopwatch:
         self.name = name
         return self
 
