@@ -1,13 +1,18 @@
-"""The `merge-models` command line: the only module that imports typer and rich."""
+"""The `merge-models` command line: the only module that imports typer and rich.
+
+Commands import the library (and with it onnx, onnxruntime and numpy) only when they run, so
+`merge-models --help` and shell completion stay fast.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -23,6 +28,14 @@ except ImportError:  # pragma: no cover - older typer depends on click itself
 _EXIT = (typer.Exit, getattr(click_exceptions, "Exit", typer.Exit))
 _ABORT = (typer.Abort, getattr(click_exceptions, "Abort", typer.Abort), KeyboardInterrupt)
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .inspection import ModelInfo
+    from .pipeline import MergeResult
+    from .recheck import RecheckResult
+    from .starter import Starter
+
 app = typer.Typer(
     name="merge-models",
     help="Merge trained ONNX models into one model that takes the whole feature row, verified with onnxruntime.",
@@ -31,6 +44,14 @@ app = typer.Typer(
     add_completion=True,
     rich_markup_mode=None,
 )
+
+# Options every command has.
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
+RowsOption = Annotated[int, typer.Option(help="Random rows to verify on.")]
+AtolOption = Annotated[float, typer.Option(help="Absolute tolerance for verification.")]
+RtolOption = Annotated[float, typer.Option(help="Relative tolerance for verification.")]
 
 
 def _version(value: bool) -> None:
@@ -45,6 +66,9 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """Merge trained ONNX models into one model that takes the whole feature row, verified with onnxruntime."""
+
+
+# ---------------------------------------------------------------------------- commands
 
 
 @app.command()
@@ -62,20 +86,20 @@ def merge(
     weights: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Per-model weights in mapping order, e.g. 0.7,0.3 (normalised; implies nothing about kind).",
         show_default=False)] = None,
-    keep_outputs: Annotated[bool, typer.Option("--keep-outputs",
-                                               help="Also expose each model's own outputs as <model>/<output>.")] = False,
+    keep_outputs: Annotated[bool, typer.Option(
+        "--keep-outputs", help="Also expose each model's own outputs as <model>/<output>.")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify",
                                          help="Check the written model against the parts with onnxruntime.")] = True,
-    rows: Annotated[int, typer.Option(help="Random rows to verify on.")] = 256,
-    atol: Annotated[float, typer.Option(help="Absolute tolerance for verification.")] = 1e-5,
-    rtol: Annotated[float, typer.Option(help="Relative tolerance for verification.")] = 1e-5,
+    rows: RowsOption = 256,
+    atol: AtolOption = 1e-5,
+    rtol: RtolOption = 1e-5,
     opset: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="Target default-domain opset (default: the highest among the models).", show_default=False)] = None,
     external_data: Annotated[bool, typer.Option("--external-data",
                                                 help="Write weights to <out>.data beside the model.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
 ) -> None:
     """Merge the models named in a feature-mapping file into one verified ONNX model."""
 
@@ -83,19 +107,121 @@ def merge(
         from .mapping import parse_weights
         from .pipeline import merge as run_merge
 
-        result = run_merge(
-            map_file, out, models or [],
-            combiner=combiner,
-            weights=parse_weights(weights) if weights is not None else None,
-            keep_outputs=keep_outputs, verify_output=verify, rows=rows, atol=atol, rtol=rtol,
-            opset=opset, external_data=external_data,
-            progress=_progress(quiet or json_output),
-        )
+        with _progress(quiet or json_output) as progress:
+            result = run_merge(
+                map_file, out, models or [],
+                combiner=combiner,
+                weights=parse_weights(weights) if weights is not None else None,
+                keep_outputs=keep_outputs, verify_output=verify, rows=rows, atol=atol, rtol=rtol,
+                opset=opset, external_data=external_data,
+                progress=progress,
+            )
         if not quiet and not json_output:
             _print_summary(result)
         return result.to_dict()
 
     _run(job, json_output, debug)
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="The ONNX model file to describe.", show_default=False)],
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show a model as a merge sees it: inputs, outputs, opsets, size, task, and what feeds the combiner."""
+
+    def job() -> dict[str, Any]:
+        from .inspection import describe
+
+        info = describe(model)
+        if not quiet and not json_output:
+            _print_inspect(info)
+        return info.to_dict()
+
+    _run(job, json_output, debug)
+
+
+@app.command()
+def init(
+    models: Annotated[list[Path], typer.Argument(help="The model files to merge.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The mapping file to write ('-' prints it).")]
+    = Path("features.toml"),
+    force: Annotated[bool, typer.Option("--force", help="Replace the mapping file if it exists.")] = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Write a commented starter mapping (TOML) for these models; it merges as written."""
+
+    def job() -> dict[str, Any]:
+        from .errors import usage
+        from .starter import starter_mapping, write_starter
+
+        to_stdout = str(out) == "-"
+        if to_stdout and json_output:
+            raise usage(None, "--out - prints the mapping on stdout, where --json prints its document",
+                        "give --out FILE with --json")
+        starter = starter_mapping(models, None if to_stdout else out)
+        if to_stdout:
+            sys.stdout.write(starter.text)
+        else:
+            write_starter(starter, out, force)
+            if not quiet and not json_output:
+                _print_init(starter)
+        return starter.to_dict()
+
+    _run(job, json_output, debug)
+
+
+@app.command()
+def verify(
+    merged: Annotated[Path, typer.Argument(help="A model written by `merge-models merge`.", show_default=False)],
+    data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Real rows to verify on too: .csv with a header naming the columns, or .npz with X.",
+        show_default=False)] = None,
+    source: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        help="NAME=PATH: where the source of model NAME is now, if it moved (repeatable).",
+        show_default=False)] = None,
+    rows: RowsOption = 256,
+    atol: AtolOption = 1e-5,
+    rtol: RtolOption = 1e-5,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Re-check a merged model against its sources, found through the provenance it records."""
+
+    def job() -> dict[str, Any]:
+        from .recheck import verify_merged
+
+        with _progress(quiet or json_output) as progress:
+            result = verify_merged(merged, data=data, sources=_sources(source or []), rows=rows, atol=atol,
+                                   rtol=rtol, progress=progress)
+        if not quiet and not json_output:
+            _print_verify(result)
+        doc = result.to_dict()
+        if not result.passed:
+            error = MergeError(ExitCode.VERIFY_FAILED, merged, result.verification.failure(),
+                               "the merged file no longer computes what its sources and mapping compute; merge again")
+            error.details = {k: v for k, v in doc.items() if k != "status"}
+            raise error
+        return doc
+
+    _run(job, json_output, debug)
+
+
+def _sources(pairs: list[str]) -> dict[str, Path]:
+    from .errors import usage
+
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise usage(None, f"--source {pair!r} is not NAME=PATH", "e.g. --source a=models/model_a.onnx")
+        out[name] = Path(path)
+    return out
 
 
 # ---------------------------------------------------------------------------- running and reporting
@@ -106,7 +232,7 @@ def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> N
     try:
         doc = job()
     except MergeError as e:
-        _fail(e.line(), e.hint, int(e.code), json_output, e.to_dict())
+        _fail(e.line(), e.hint, int(e.code), json_output, e.to_dict(), e.details)
     except KeyboardInterrupt:
         _fail("error: interrupted", None, int(ExitCode.INTERRUPTED), json_output,
               {"code": int(ExitCode.INTERRUPTED), "kind": "interrupted", "message": "interrupted"})
@@ -115,15 +241,17 @@ def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> N
             traceback.print_exc()
         message = f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
         _fail(f"error: {message}", "this is a bug in merge-models; rerun with --debug and report the traceback",
-              int(ExitCode.INTERNAL), json_output, {"code": int(ExitCode.INTERNAL), "kind": "internal", "message": message})
+              int(ExitCode.INTERNAL), json_output,
+              {"code": int(ExitCode.INTERNAL), "kind": "internal", "message": message})
     else:
         if json_output:
             _print_json(doc)
 
 
-def _fail(line: str, hint: str | None, code: int, json_output: bool, error: dict[str, Any]) -> None:
+def _fail(line: str, hint: str | None, code: int, json_output: bool, error: dict[str, Any],
+          details: dict[str, Any] | None = None) -> None:
     if json_output:
-        _print_json({"status": "error", "error": error})
+        _print_json({"status": "error", "error": error, **(details or {})})
     print(line, file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
@@ -132,50 +260,222 @@ def _fail(line: str, hint: str | None, code: int, json_output: bool, error: dict
 
 
 def _print_json(doc: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
+    sys.stdout.write(_json_text(doc) + "\n")
     sys.stdout.flush()
 
 
-def _progress(silent: bool) -> Callable[[str], None] | None:
+def _json_text(value: Any, indent: str = "") -> str:
+    """JSON indented by two spaces, except that lists of numbers or strings stay on one line."""
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(str(k))}: {_json_text(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, (list, tuple)) and value and any(isinstance(v, (dict, list, tuple)) for v in value):
+        return "[\n" + ",\n".join(inner + _json_text(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+@contextmanager
+def _progress(silent: bool) -> Iterator[Callable[[str], None] | None]:
+    """A spinner on stderr naming the running step (load, convert, verify, write), only on a terminal."""
     if silent or not sys.stderr.isatty():
-        return None
+        yield None
+        return
+    from rich.console import Console
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    with Live(console=Console(stderr=True), transient=True, refresh_per_second=10) as live:
+
+        def show(stage: str) -> None:
+            live.update(Spinner("dots", text=f"{stage}..."), refresh=True)
+
+        yield show
+
+
+def _console() -> Console:
     from rich.console import Console
 
-    console = Console(stderr=True)
-
-    def show(stage: str) -> None:
-        console.print(f"[dim]{stage}...[/dim]", highlight=False)
-
-    return show
+    return Console(highlight=False)
 
 
-def _print_summary(result: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
+Cell = Any  # str or rich.text.Text
 
-    console = Console(highlight=False)
+
+def _print_rows(console: Console, header: list[str] | None, rows: list[list[Cell]]) -> None:
+    """Columns padded to their widest cell, the last one cut with '…': each row stays one line in 80 columns."""
+    from rich.text import Text
+
+    lines = [[Text(h, style="bold") for h in header]] if header else []
+    lines += [[c.copy() if isinstance(c, Text) else Text(str(c)) for c in row] for row in rows]
+    if not lines:
+        return
+    n = len(lines[0])
+    widths = [max(line[i].cell_len for line in lines) for i in range(n)]
+    room = max(console.width - sum(widths[:-1]) - 2 * (n - 1), 12)
+    for cells in lines:
+        text = Text()
+        for i, cell in enumerate(cells):
+            if i < n - 1:
+                cell.pad_right(widths[i] - cell.cell_len)
+                text.append_text(cell)
+                text.append("  ")
+            else:
+                cell.truncate(room, overflow="ellipsis")
+                text.append_text(cell)
+        text.rstrip()
+        console.print(text, no_wrap=True, overflow="ellipsis", crop=True)
+
+
+def _ok(passed: bool, bad: str = "differs") -> Cell:
+    from rich.text import Text
+
+    return Text("ok", style="green") if passed else Text(bad, style="red")
+
+
+def _print_summary(result: MergeResult) -> None:
+    console = _console()
     doc = result.to_dict()
-    table = Table(title=f"merge-models {__version__}: {doc['combiner']} of {len(doc['models'])} models",
-                  title_justify="left")
-    for col in ("model", "file", "task", "columns", "feeds combiner", "opset"):
-        table.add_column(col)
-    for m in doc["models"]:
-        cols = m["columns"]
-        shown = ", ".join(cols[:3]) + (f", ... ({len(cols)})" if len(cols) > 3 else "")
-        opset = f"{m['opset_from']} -> {m['opset_to']}" if m["opset_from"] != m["opset_to"] else str(m["opset_to"])
-        table.add_row(m["name"], Path(m["path"]).name, m["task"], shown, m["head"], opset)
-    console.print(table)
-    outs = ", ".join(f"{o['name']} {o['type']} {_shape(o['shape'])}" for o in doc["outputs"])
-    console.print(f"outputs: {outs}")
+    files = ", ".join(f"{m['name']} ({Path(m['path']).name})" for m in doc["models"])
+    console.print(f"merge-models {__version__}: {doc['combiner']} of {files}", markup=False)
+    _print_rows(console, ["model", "task", "output", "columns"], [
+        [m["name"], _task(m["task"]), m["head"], _columns(m["columns"])] for m in doc["models"]])
+    converted = [f"{m['name']} {m['opset_from']} -> {m['opset_to']}" for m in doc["models"]
+                 if m["opset_from"] != m["opset_to"]]
+    print_plain = _plain(console)
+    print_plain(f"outputs: {', '.join(_port(o) for o in doc['outputs'])}")
+    print_plain(f"opset {doc['opsets'].get('', '?')}, IR {doc['ir_version']}"
+                + (f" (converted {', '.join(converted)})" if converted else ""))
     v = doc["verification"]
     if v:
-        console.print(f"verified on {v['rows']} rows with onnxruntime: max abs error {v['max_abs_error']:.3g}, "
-                      f"max rel error {v['max_rel_error']:.3g} (atol {v['atol']:g}, rtol {v['rtol']:g}) [green]ok[/green]")
+        console.print(f"verified with onnxruntime on {v['rows']} rows: [green]ok[/green]")
+        print_plain(f"  max abs error {v['max_abs_error']:.3g} (atol {v['atol']:g}), "
+                    f"max rel error {v['max_rel_error']:.3g} (rtol {v['rtol']:g})")
     else:
         console.print("[yellow]not verified (--no-verify)[/yellow]")
     size = sum(f["bytes"] for f in doc["files"])
     files = " + ".join(f["path"] for f in doc["files"])
-    console.print(f"wrote {files} ({_size(size)}) in {doc['seconds']:.2f} s")
+    print_plain(f"wrote {files} ({_size(size)}) in {doc['seconds']:.2f} s")
+
+
+def _plain(console: Console) -> Callable[[str], None]:
+    """Print text as it is (no markup: names and shapes may contain brackets)."""
+    return lambda text: console.print(text, markup=False)
+
+
+def _print_inspect(info: ModelInfo) -> None:
+    console = _console()
+    print_plain = _plain(console)
+    doc = info.to_dict()
+    if doc["task"] == "classification":
+        what = f"classifier, classes {_preview([str(c) for c in doc['classes'] or []], 8)}"
+    elif doc["task"] == "regression":
+        what = "regressor"
+    else:
+        what = "a merge cannot use it as it is"
+    print_plain(f"{info.path}: {what}")
+    head = doc["head"]
+    replaced = doc["zipmap_replaced"]
+    rows: list[list[Cell]] = [["input", p["name"], p["type"], _shape(p["shape"]), ""] for p in doc["inputs"]]
+    for port in doc["outputs"]:
+        note = ""
+        if head and port["name"] == head["name"]:
+            note = "feeds the combiner"
+        elif port["name"] in replaced:
+            note = "ZipMap, replaced by"
+        rows.append(["output", port["name"], port["type"], _shape(port["shape"]), note])
+    if head and head["name"] in replaced.values():
+        rows.append(["", head["name"], head["type"], _shape(head["shape"]), "feeds the combiner"])
+    _print_rows(console, ["", "name", "type", "shape", ""], rows)
+    weights = doc["initializers"]
+    external = ""
+    if doc["external_data"]:
+        names = ", ".join(Path(d["path"]).name for d in doc["external_data"])
+        external = f" + {_size(sum(d['bytes'] for d in doc['external_data']))} in {names}"
+    facts: list[list[Cell]] = [
+        ["file", f"{_size(doc['bytes'])}{external}; "
+                 + (f"{weights['count']} initializers ({_size(weights['bytes'])})" if weights["count"]
+                    else "no initializers")],
+        ["producer", f"{doc['producer']['name'] or '?'} {doc['producer']['version']}".rstrip()],
+        ["format", f"IR {doc['ir_version']}, opsets " + ", ".join(f"{d or 'ai.onnx'} {v}"
+                                                                  for d, v in doc["opsets"].items())],
+        ["graph", f"{_plural(doc['nodes'], 'node')}: {_preview(list(doc['ops']), 5)}"],
+    ]
+    if doc["columns"] is not None:
+        facts.append(["columns", f"{doc['columns']} (what a merge routes to it)"])
+    sources = info.merged_from
+    if sources:
+        made_by = doc["metadata"].get("merge_models.version", "?")
+        shown = ", ".join(str(s.get("model")) for s in sources)
+        facts.append(["merged", f"by merge-models {made_by} from {shown} (see `merge-models verify`)"])
+    _print_rows(console, None, facts)
+    if doc["problem"]:
+        problem = doc["problem"]
+        console.print("[yellow]a merge would fail:[/yellow] ", end="")
+        print_plain(problem["message"])
+        if problem.get("hint"):
+            print_plain(f"hint: {problem['hint']}")
+
+
+def _print_init(starter: Starter) -> None:
+    console = _console()
+    print_plain = _plain(console)
+    doc = starter.to_dict()
+    print_plain(f"wrote {doc['output']}: {len(doc['models'])} models, {len(doc['columns'])} columns, "
+                f"combiner {doc['combiner']}")
+    _print_rows(console, ["model", "task", "columns", "file"], [
+        [m["name"], _task(m["task"]), _columns(m["columns"]), m["path"]] for m in doc["models"]])
+    for m in doc["models"]:
+        for note in m["notes"]:
+            print_plain(f"note: {m['name']}: {note}")
+    for note in doc["notes"]:
+        print_plain(f"note: {note}")
+    if doc["placeholders"]:
+        print_plain(f"name the columns: {doc['placeholders']} have placeholder names (<model>_<i>)")
+    print_plain(f"next: merge-models merge --map {doc['output']} --out merged.onnx")
+
+
+def _print_verify(result: RecheckResult) -> None:
+    console = _console()
+    print_plain = _plain(console)
+    doc = result.to_dict()
+    v = doc["verification"]
+    print_plain(f"{doc['merged']}: {doc['combiner']} of {len(doc['sources'])} models, "
+                f"made by merge-models {doc['made_by'] or '?'}")
+    _print_rows(console, ["model", "sha256", "source"],
+                [[s["model"], s["sha256"][:12] + " unchanged", s["path"]] for s in doc["sources"]])
+    _print_rows(console, ["output", "max abs error", "max rel error", ""], [
+        [o["name"], f"{o['max_abs']:.3g}", f"{o['max_rel']:.3g}", _ok(o["passed"], o["problem"] or "differs")]
+        for o in v["outputs"]])
+    real = doc["data"]["rows"] if doc["data"] else 0
+    on = f"{v['rows'] - real} random rows" + (f" + {real} from {Path(doc['data']['path']).name}" if real else "")
+    console.print(f"verified on {on}: ", _ok(v["passed"], "failed"), f" (atol {v['atol']:g}, rtol {v['rtol']:g})",
+                  sep="", markup=False)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _task(task: str | None) -> str:
+    return {"classification": "classifier", "regression": "regressor"}.get(task or "", "?")
+
+
+def _columns(columns: list[str]) -> str:
+    """'15 columns (mean radius .. smoothness error)': the count and the first and last names."""
+    if len(columns) == 1:
+        return f"1 column ({columns[0]})"
+    if len(columns) == 2:
+        return f"2 columns ({columns[0]}, {columns[1]})"
+    return f"{len(columns)} columns ({columns[0]} .. {columns[-1]})"
+
+
+def _preview(items: list[str], n: int) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items)})" if len(items) > n else "")
+
+
+def _port(o: dict[str, Any]) -> str:
+    return f"{o['name']} {o['type']} {_shape(o['shape'])}"
 
 
 def _shape(shape: list[Any] | None) -> str:
@@ -190,14 +490,21 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+# ---------------------------------------------------------------------------- entry point
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; usage errors become one `error:` line with exit code 2."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        result = app(args=argv, prog_name="merge-models", standalone_mode=False)
+        result = app(args=args, prog_name="merge-models", standalone_mode=False)
     except click_exceptions.UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `merge-models`: the help, as people expect
             print(e.format_message())
             return 0
+        if "--json" in args:
+            _print_json({"status": "error", "error": {"code": int(ExitCode.USAGE), "kind": "usage", "file": None,
+                                                      "message": e.format_message(), "hint": None}})
         print(f"error: {e.format_message()}", file=sys.stderr)
         command = e.ctx.command_path if e.ctx else "merge-models"
         print(f"hint: run '{command} --help'", file=sys.stderr)
@@ -207,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.exit_code)
     except _EXIT as e:
         return int(e.exit_code)
+    except SystemExit as e:  # shell completion (--show-completion, the completion protocol) exits itself
+        return e.code if isinstance(e.code, int) else 0
     except _ABORT:
         print("error: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)

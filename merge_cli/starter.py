@@ -1,0 +1,304 @@
+"""Write a commented starter mapping (TOML) for some model files: the `init` command.
+
+Column names come from the models' per-column inputs where they have them (skl2onnx writes one
+[N, 1] input per column for a ColumnTransformer); otherwise they are placeholders `<model>_<i>`.
+The file merges as written; naming the columns only changes what the merged input's columns are
+called and which of them the models share.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import cannot_write
+from .inspection import ModelInfo, describe, input_width, model_name
+from .mapping import COMBINERS, parse_mapping
+from .model_io import check_output_path
+from .normalize import DOUBLE, SCORE_TYPES
+from .splice import ROUTABLE_TYPES, match_routes
+
+BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass
+class StarterModel:
+    """One [models.*] table of the starter file."""
+
+    name: str
+    path: str  # as written in the file: relative to it
+    info: ModelInfo
+    routes: list[tuple[str | None, list[str]]]  # model input (None: its only input) -> column names
+    named: bool  # the column names come from the model's inputs, not placeholders
+    output: str | None = None  # set when init had to choose the output that feeds the combiner
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for _, cols in self.routes for c in cols]
+
+
+@dataclass
+class Starter:
+    """The starter mapping: its text and what went into it; `to_dict()` is the --json document."""
+
+    out: Path | None  # None: printed on stdout
+    text: str
+    columns: list[str]
+    dtype: str
+    models: list[StarterModel]
+    combiner: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def placeholders(self) -> int:
+        named = {c for m in self.models if m.named for c in m.columns}
+        return sum(1 for c in self.columns if c not in named)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "output": str(self.out) if self.out else None,
+            "columns": self.columns,
+            "placeholders": self.placeholders,
+            "dtype": self.dtype,
+            "models": [{
+                "name": m.name,
+                "path": m.path,
+                "columns": m.columns,
+                "named_from_inputs": m.named,
+                "task": m.info.task,
+                "output": m.output,
+                "notes": m.notes,
+            } for m in self.models],
+            "combiner": self.combiner,
+            "notes": self.notes,
+        }
+
+
+def starter_mapping(paths: list[Path], out: Path | None) -> Starter:
+    """Describe each model as a merge would and lay out a mapping that merges them as written."""
+    base = (out.parent if out else Path.cwd()).absolute()
+    used: set[str] = set()
+    models = []
+    for path in paths:
+        name = _unique(model_name(path), used)
+        models.append(_starter_model(path, name, base))
+    columns = list(dict.fromkeys(c for m in models for c in m.columns))
+    dtype = "float64" if any(p.elem_type == DOUBLE for m in models for p in m.info.inputs) else "float32"
+    combiner, notes = _choose_combiner(models)
+    starter = Starter(out, "", columns, dtype, models, combiner, notes)
+    starter.text = render(starter)
+    check_starter(starter, base)
+    return starter
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, i = name, 1
+    while candidate in used:
+        i += 1
+        candidate = f"{name}_{i}"
+    used.add(candidate)
+    return candidate
+
+
+def _starter_model(path: Path, name: str, base: Path) -> StarterModel:
+    info = describe(path, name)
+    output = None
+    if info.problem is not None:
+        # e.g. several outputs and none chosen: offer the first floating-point output, if that works
+        scores = [p.name for p in info.outputs if p.elem_type in SCORE_TYPES]
+        if scores:
+            retry = describe(path, name, output=scores[0])
+            if retry.problem is None:
+                info, output = retry, scores[0]
+    routes, named = _routes(info)
+    model = StarterModel(name, _relative(path, base), info, routes, named, output)
+    for port in info.inputs:
+        if port.elem_type not in ROUTABLE_TYPES:
+            model.notes.append(f"input {port.name!r} is {port.type}: merge-models feeds numeric columns only")
+        elif input_width(port) is None:
+            model.notes.append(f"input {port.name!r} has shape {_shape(port.shape)}: its width is unknown; "
+                               "list its columns")
+    if info.problem is not None:
+        model.notes.append(f"merge-models cannot use this model as it is: {info.problem.message}"
+                           + (f" ({info.problem.hint})" if info.problem.hint else ""))
+    return model
+
+
+def _routes(info: ModelInfo) -> tuple[list[tuple[str | None, list[str]]], bool]:
+    """Per-column inputs name their column; wider inputs get placeholders."""
+    inputs = info.inputs
+    if len(inputs) == 1:
+        width = input_width(inputs[0]) or 1
+        return [(None, [f"{info.name}_{i}" for i in range(width)])], False
+    routes: list[tuple[str | None, list[str]]] = []
+    for port in inputs:
+        width = input_width(port) or 1
+        if input_width(port) == 1:
+            routes.append((port.name, [port.name]))
+        else:
+            routes.append((port.name, [f"{info.name}_{port.name}_{i}" for i in range(width)]))
+    named = all(input_width(p) == 1 for p in inputs)
+    return routes, named
+
+
+def _choose_combiner(models: list[StarterModel]) -> tuple[str, list[str]]:
+    """mean where the heads line up; concat for regressors of different shapes."""
+    parts = [m.info.part for m in models]
+    if any(p is None for p in parts):
+        return "mean", []
+    tasks = {p.task for p in parts if p is not None}
+    if len(tasks) > 1:
+        return "mean", ["the models mix classifiers and regressors: choose the output each one feeds the "
+                        "combiner (output = ...) so their shapes match, or use kind = \"concat\""]
+    if tasks == {"regression"} and len({p.head.shape[1:] if p.head.shape else None
+                                        for p in parts if p is not None}) > 1:
+        return "concat", ["the regressors' outputs differ in shape, so they are concatenated"]
+    classes = {p.classes for p in parts if p is not None}
+    if tasks == {"classification"} and len(classes) > 1:
+        return "mean", ["the classifiers have different classes; mean needs the same classes in each"]
+    return "mean", []
+
+
+def _relative(path: Path, base: Path) -> str:
+    """`path` relative to the mapping's folder; absolute when they share nothing but the root."""
+    full = path.absolute()
+    try:
+        if Path(os.path.commonpath([full, base])) != Path(full.anchor):
+            return Path(os.path.relpath(full, base)).as_posix()
+    except ValueError:  # another drive on Windows
+        pass
+    return full.as_posix()
+
+
+# ---------------------------------------------------------------------------- the text
+
+
+def render(starter: Starter) -> str:
+    """The commented TOML text."""
+    lines = [
+        f"# Feature mapping for merge-models, written by `merge-models init` for {len(starter.models)} models.",
+        "# [input].columns is the merged model's input row, in order; each model reads its columns by name,",
+        "# and a column listed for several models is shared by them.",
+    ]
+    if starter.placeholders:
+        lines += [
+            f"# {starter.placeholders} columns have placeholder names (<model>_<i>): rename them to your feature",
+            "# names, here and in the models' lists. The file merges as it is, too.",
+        ]
+    out = starter.out.as_posix() if starter.out else "features.toml"
+    lines += [f"#   merge-models merge --map {_shell_word(out)} --out merged.onnx", "", "version = 1", "",
+              "[input]", 'name = "features"', f'dtype = "{starter.dtype}"   # float32 | float64',
+              f"columns = {_list(starter.columns)}"]
+    for m in starter.models:
+        lines += ["", f"[models.{_key(m.name)}]", f"# {_about(m.info)}"]
+        lines += [f"# note: {n}" for n in m.notes]
+        lines.append(f"path = {_str(m.path)}   # relative to this file")
+        if len(m.routes) == 1 and m.routes[0][0] is None:
+            port = m.info.inputs[0]
+            lines.append(f"columns = {_list(m.routes[0][1])}   # fed, in order, to {port.name} {_shape(port.shape)}")
+        head = m.info.part.head.name if m.info.part else None
+        if m.output is not None:
+            names = ", ".join(p.name for p in m.info.outputs)
+            lines.append(f"output = {_str(m.output)}   # chosen by init from the outputs {names}")
+        elif head is not None:
+            lines.append(f"# output = {_str(head)}   # the output that feeds the combiner (the default)")
+        lines.append("# weight = 1.0   # for kind = \"weighted\"")
+        if not (len(m.routes) == 1 and m.routes[0][0] is None):
+            lines += ["", f"[models.{_key(m.name)}.inputs]   # the model's inputs and the columns each one takes"]
+            lines += [f"{_key(str(inp))} = {_list(cols)}" for inp, cols in m.routes]
+    lines += ["", "[combiner]"]
+    lines += [f"# note: {n}" for n in starter.notes]
+    lines += [f"# {' | '.join(COMBINERS)} (see the README)", f'kind = "{starter.combiner}"']
+    return "\n".join(lines) + "\n"
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _about(info: ModelInfo) -> str:
+    part = info.part
+    if part is None:
+        what = "model"
+    elif part.task == "classification":
+        classes = list(part.classes or ())
+        shown = ", ".join(map(str, classes[:6])) + (", ..." if len(classes) > 6 else "")
+        what = f"classifier (classes {shown})"
+    else:
+        what = "regressor"
+    by = f" by {info.producer} {info.producer_version}".rstrip() if info.producer else ""
+    feeds = f"; {part.head.name} feeds the combiner" if part else ""
+    return f"{info.path.name}: {what}{by}{feeds}"
+
+
+def _shape(shape: list[int | str] | None) -> str:
+    return "[?]" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _str(s: str) -> str:
+    """A TOML basic string: JSON's escapes, plus DEL, which TOML wants escaped too."""
+    return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _key(k: str) -> str:
+    return k if BARE_KEY.match(k) else _str(k)
+
+
+def _list(items: list[str]) -> str:
+    inline = "[" + ", ".join(_str(i) for i in items) + "]"
+    if len(inline) <= 60:
+        return inline
+    return "[\n" + "".join(f"  {_str(i)},\n" for i in items) + "]"
+
+
+# ---------------------------------------------------------------------------- checking and writing
+
+
+def check_starter(starter: Starter, base: Path) -> None:
+    """The text must parse as a valid mapping whose routes fit each model: init never writes a broken file."""
+    mapping = parse_mapping(tomllib.loads(starter.text), base / (starter.out.name if starter.out else "features.toml"))
+    for m in starter.models:
+        if m.info.part is not None and not m.notes:
+            match_routes(replace(m.info.part, spec=mapping.model(m.name)))
+
+
+def write_starter(starter: Starter, out: Path, force: bool) -> None:
+    """Write the file atomically; refuse to replace an existing file unless `force`."""
+    inputs = [m.info.path for m in starter.models] + [p for m in starter.models for p, _ in m.info.external_data]
+    check_output_path(out, inputs)
+    if out.exists() and not force:
+        raise cannot_write(out, "already exists", "pass --force to replace it, or choose another --out")
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # created like any new file (umask), unlike mkstemp
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
+            f.write(starter.text)
+        if force:
+            os.replace(tmp, out)
+        else:
+            _place_new(tmp, out)
+    except OSError as e:
+        raise cannot_write(out, f"cannot write: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _place_new(tmp: Path, out: Path) -> None:
+    """Move `tmp` to `out` only if `out` does not exist, even if it appears meanwhile."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise cannot_write(out, "already exists", "pass --force to replace it") from None
+    except OSError:  # a file system without hard links
+        if out.exists():
+            raise cannot_write(out, "already exists", "pass --force to replace it") from None
+        os.replace(tmp, out)
