@@ -1,0 +1,239 @@
+"""What each command prints: one JSON document with --json, the same exit codes, progress only on a
+terminal, --quiet, 80-column summaries, the README's JSON examples, a fast --help, shell completion."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, SAMPLES, CliResult, save_text_model, write_mapping
+
+from merge_cli.errors import ExitCode
+
+EXE = Path(sys.executable).with_name("merge-models")
+README = ROOT / "README.md"
+
+
+def console(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+    """The installed console script in a subprocess (stdin, stdout and stderr are pipes, not terminals)."""
+    proc = subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=300)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def with_terminal_stderr(*args: str | Path, cwd: Path) -> tuple[int, str, str]:
+    """Run the console script with stderr on a pseudo-terminal; return (code, stdout, terminal output)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([str(EXE), *map(str, args)], cwd=cwd, stdout=subprocess.PIPE, stderr=follower,
+                            env={**os.environ, "TERM": "xterm", "COLUMNS": "80"})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # the other end closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout, _ = proc.communicate(timeout=300)
+    os.close(leader)
+    return proc.returncode, stdout.decode(), b"".join(chunks).decode(errors="replace")
+
+
+INFINITE = """
+<ir_version: 8, opset_import: ["" : 17]>
+inf (float[N, 2] x) => (float[N, 2] y) {
+    zero = Constant <value = float {0.0}> ()
+    y = Div (x, zero)
+}
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder laid out like the repository: samples/ (no batch outputs) and build/ with a model whose
+    outputs are infinite on finite rows, which verification fails."""
+    shutil.copytree(SAMPLES, tmp_path / "samples", ignore=shutil.ignore_patterns("merged", "__pycache__"))
+    (tmp_path / "build").mkdir()
+    save_text_model(tmp_path / "build" / "inf.onnx", INFINITE)
+    write_mapping(tmp_path / "build" / "inf.toml", {"input": {"columns": ["p", "q"]},
+                                                    "models": {"inf": {"path": "inf.onnx", "columns": ["p", "q"]}}})
+    return tmp_path
+
+
+# ---------------------------------------------------------------------------- --json and exit codes
+
+
+CASES = {
+    "merge ok": ["merge", "--map", "samples/features.toml", "--out", "build/m.onnx"],
+    "merge verify failed": ["merge", "--map", "build/inf.toml", "--out", "build/m.onnx"],
+    "merge bad input": ["merge", "--map", "samples/missing.toml", "--out", "build/m.onnx"],
+    "merge incompatible": ["merge", "--map", "samples/features.toml", "--out", "build/m.onnx", "--opset", "3"],
+    "merge cannot write": ["merge", "--map", "samples/features.toml", "--out", "nowhere/m.onnx"],
+    "merge usage": ["merge", "--map", "samples/features.toml", "--rows", "many"],
+    "inspect ok": ["inspect", "samples/model_a.onnx"],
+    "inspect bad input": ["inspect", "samples/rows.csv"],
+    "init ok": ["init", "samples/model_a.onnx", "samples/model_b.onnx", "--out", "build/f.toml", "--force"],
+    "init cannot write": ["init", "samples/model_a.onnx", "--out", "samples/features.toml"],
+    "verify ok": ["verify", "samples/batch/merged-ok.onnx"],
+    "verify bad input": ["verify", "samples/model_a.onnx"],
+    "unknown command": ["frobnicate"],
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_json_is_one_document_and_exit_codes_do_not_change(case: str, cli, workdir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workdir)
+    if case.startswith("verify ok"):
+        assert cli("merge", "--map", "samples/batch/iris/features.toml", "--out", "samples/batch/merged-ok.onnx",
+                   "-q").code == 0
+    args = CASES[case]
+    plain = cli(*args)
+    as_json = cli(*args, "--json")
+    assert plain.code == as_json.code
+    doc = json.loads(as_json.stdout)  # the whole of stdout is one document
+    assert isinstance(doc, dict)
+    if as_json.code == 0:
+        assert doc["status"] == "ok" and as_json.stderr == ""
+    else:
+        assert doc["status"] == "error" and doc["error"]["code"] == as_json.code
+        assert as_json.error_lines == plain.error_lines and len(plain.error_lines) == 1
+        assert plain.stdout == "" or plain.code == ExitCode.VERIFY_FAILED
+    assert "Traceback" not in plain.stderr + as_json.stderr
+    expected = {"ok": 0, "verify failed": 1, "usage": 2, "command": 2, "bad input": 3, "incompatible": 4,
+                "cannot write": 5}
+    assert as_json.code == next(code for suffix, code in expected.items() if case.endswith(suffix))
+
+
+def test_a_failed_merge_verification_carries_its_report(cli, workdir: Path, monkeypatch) -> None:
+    monkeypatch.chdir(workdir)
+    result = cli(*CASES["merge verify failed"], "--json")
+    assert result.code == ExitCode.VERIFY_FAILED
+    assert result.json["verification"]["passed"] is False
+    assert not (workdir / "build" / "m.onnx").exists()
+
+
+def structure(value: Any) -> Any:
+    """A document's shape: the same keys, list element shapes and value types; values themselves vary."""
+    if isinstance(value, dict):
+        return {k: structure(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [structure(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return type(value).__name__
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__
+
+
+def readme_json_examples() -> list[tuple[str, dict[str, Any]]]:
+    """Each ```sh block that is followed by a ```json block in the README: (command, document)."""
+    text = README.read_text()
+    return [(cmd.strip(), json.loads(doc))
+            for cmd, doc in re.findall(r"```sh\n([^\n]*)\n```\n```json\n(.*?)```", text, re.S)]
+
+
+def test_readme_json_examples_are_what_the_commands_print(workdir: Path) -> None:
+    examples = readme_json_examples()
+    commands = [cmd.split()[1] for cmd, _ in examples]
+    assert {"merge", "inspect", "init", "verify"} <= set(commands)
+    for command, documented in examples:
+        assert command.startswith("merge-models ")
+        result = console(*command.split()[1:], cwd=workdir)
+        assert result.stdout.strip(), (command, result.stderr)
+        actual = json.loads(result.stdout)
+        assert structure(actual) == structure(documented), command
+        assert (result.code == 0) == (documented["status"] == "ok"), command
+        for key in ("output", "path", "columns", "classes", "outputs", "error", "combiner", "head", "sources"):
+            if key in documented and key != "sources":
+                assert actual[key] == documented[key], (command, key)
+        if "sources" in documented:  # sha256 of the committed sample files
+            assert actual["sources"] == documented["sources"], command
+
+
+def test_readme_python_example_runs(workdir: Path) -> None:
+    block = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S)
+    assert block is not None
+    proc = subprocess.run([sys.executable, "-c", block.group(1)], cwd=workdir, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "build/api-merged.onnx True 0.0" or lines[0].startswith("build/api-merged.onnx True ")
+    assert lines[-1] == "2 --weights has 3 values for 2 models"
+    assert (workdir / "build" / "api-merged.onnx").is_file()
+    assert not (workdir / "build" / "api-weighted.onnx").exists()
+
+
+# ---------------------------------------------------------------------------- people
+
+
+def test_merge_summary_fits_80_columns(workdir: Path) -> None:
+    result = console("merge", "--map", "samples/features.toml", "--out", "build/m.onnx", cwd=workdir,
+                     env={"COLUMNS": "80"})
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    rows = {line.split()[0]: line for line in lines if line.split() and line.split()[0] in ("a", "b")}
+    assert set(rows) == {"a", "b"}  # one line per model, nothing wrapped onto the next
+    assert "classifier  probabilities  15 columns (mean radius .. smoothness error)" in rows["a"]
+    assert rows["b"].endswith("…")  # too long for 80 columns: cut, not wrapped
+    assert "verified with onnxruntime on 256 rows: ok" in lines
+    assert result.stderr == ""  # no progress when stderr is not a terminal
+
+
+def test_progress_on_a_terminal_only_and_quiet(workdir: Path) -> None:
+    code, stdout, terminal = with_terminal_stderr("merge", "--map", "samples/features.toml", "--out", "build/m.onnx",
+                                                  cwd=workdir)
+    assert code == 0
+    for step in ("load...", "convert...", "write...", "verify..."):
+        assert step in terminal
+    assert "verified with onnxruntime" in stdout and "load..." not in stdout
+    code, stdout, terminal = with_terminal_stderr("verify", "build/m.onnx", cwd=workdir)
+    assert code == 0 and "verify..." in terminal
+    code, stdout, terminal = with_terminal_stderr("merge", "--map", "samples/features.toml", "--out",
+                                                  "build/m.onnx", "--quiet", cwd=workdir)
+    assert (code, stdout, terminal.strip()) == (0, "", "")
+    code, stdout, terminal = with_terminal_stderr("merge", "--map", "samples/features.toml", "--out",
+                                                  "build/m.onnx", "--json", cwd=workdir)
+    assert code == 0 and terminal.strip() == "" and json.loads(stdout)["status"] == "ok"
+    code, stdout, terminal = with_terminal_stderr("merge", "--map", "samples/missing.toml", "--out",
+                                                  "build/m.onnx", "--quiet", cwd=workdir)
+    assert code == ExitCode.BAD_INPUT and stdout == "" and "error: samples/missing.toml" in terminal
+
+
+# ---------------------------------------------------------------------------- startup and completion
+
+
+def test_help_does_not_import_the_heavy_libraries() -> None:
+    probe = ("import sys; from merge_cli.cli import main; code = main(['--help']); "
+             "heavy = [m for m in ('onnx', 'onnxruntime', 'numpy', 'merge_cli.pipeline') if m in sys.modules]; "
+             "print(code, heavy)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "0 []"
+    for command in ("merge", "inspect", "init", "verify"):
+        assert command in proc.stdout
+
+
+def test_shell_completion(tmp_path: Path) -> None:
+    env = {"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    script = console("--show-completion", "bash", env=env)
+    assert script.code == 0 and "_MERGE_MODELS_COMPLETE=complete_bash" in script.stdout
+    assert "complete " in script.stdout and "merge-models" in script.stdout
+    # what bash asks when you type `merge-models in<TAB>`
+    words = console(env={"_MERGE_MODELS_COMPLETE": "complete_bash", "COMP_WORDS": "merge-models in",
+                         "COMP_CWORD": "1"})
+    assert words.code == 0 and set(words.stdout.split()) == {"inspect", "init"}
+    options = console(env={"_MERGE_MODELS_COMPLETE": "complete_bash", "COMP_WORDS": "merge-models verify --so",
+                           "COMP_CWORD": "2"})
+    assert options.stdout.split() == ["--source"]
