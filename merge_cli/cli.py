@@ -101,7 +101,7 @@ def merge(
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Merge the models named in a feature-mapping file into one verified ONNX model."""
+    """Merge the models of a mapping file into one verified model."""
 
     def job() -> dict[str, Any]:
         from .mapping import parse_weights
@@ -125,12 +125,17 @@ def merge(
 
 @app.command()
 def inspect(
-    model: Annotated[Path, typer.Argument(help="The ONNX model file to describe.", show_default=False)],
+    model: Annotated[Path, typer.Argument(help="The ONNX model file to describe.", show_default=False,
+                                          metavar="MODEL")],
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Show a model as a merge sees it: inputs, outputs, opsets, size, task, and what feeds the combiner."""
+    """Show what a merge sees in a model.
+
+    Inputs, outputs, opsets, IR version, producer, size and external data, node count, classifier and
+    class labels, and the output a merge feeds to the combiner; read as a merge reads it.
+    """
 
     def job() -> dict[str, Any]:
         from .inspection import describe
@@ -145,15 +150,21 @@ def inspect(
 
 @app.command()
 def init(
-    models: Annotated[list[Path], typer.Argument(help="The model files to merge.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The mapping file to write ('-' prints it).")]
+    models: Annotated[list[Path], typer.Argument(help="The model files to merge.", show_default=False,
+                                                 metavar="MODEL")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The mapping file to write ('-' prints it).",
+                                      metavar="FILE")]
     = Path("features.toml"),
     force: Annotated[bool, typer.Option("--force", help="Replace the mapping file if it exists.")] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Write a commented starter mapping (TOML) for these models; it merges as written."""
+    """Write a starter mapping file for these models.
+
+    A commented TOML file that merges as written: columns are named after per-column inputs, or get
+    placeholder names <model>_<i> to rename. An existing file is kept unless --force.
+    """
 
     def job() -> dict[str, Any]:
         from .errors import usage
@@ -177,13 +188,14 @@ def init(
 
 @app.command()
 def verify(
-    merged: Annotated[Path, typer.Argument(help="A model written by `merge-models merge`.", show_default=False)],
+    merged: Annotated[Path, typer.Argument(help="A model written by `merge-models merge`.", show_default=False,
+                                           metavar="MERGED")],
     data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="Real rows to verify on too: .csv with a header naming the columns, or .npz with X.",
-        show_default=False)] = None,
+        show_default=False, metavar="FILE")] = None,
     source: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-        help="NAME=PATH: where the source of model NAME is now, if it moved (repeatable).",
-        show_default=False)] = None,
+        help="Where the source of model NAME is now, if it moved (repeatable).",
+        show_default=False, metavar="NAME=PATH")] = None,
     rows: RowsOption = 256,
     atol: AtolOption = 1e-5,
     rtol: RtolOption = 1e-5,
@@ -191,7 +203,11 @@ def verify(
     quiet: QuietOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Re-check a merged model against its sources, found through the provenance it records."""
+    """Re-check a merged model against its sources.
+
+    The sources are found through the provenance the merged file records (paths relative to it, sha256
+    checked); --source NAME=PATH points at a moved one.
+    """
 
     def job() -> dict[str, Any]:
         from .recheck import verify_merged
