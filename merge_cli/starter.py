@@ -149,20 +149,18 @@ def _routes(info: ModelInfo) -> tuple[list[tuple[str | None, list[str]]], bool]:
 
 
 def _choose_combiner(models: list[StarterModel]) -> tuple[str, list[str]]:
-    """mean where the heads line up; concat for regressors of different shapes."""
-    parts = [m.info.part for m in models]
-    if any(p is None for p in parts):
+    """mean where the models' outputs line up; concat (side by side) where they cannot be averaged."""
+    parts = [m.info.part for m in models if m.info.part is not None]
+    if len(parts) < len(models):
         return "mean", []
-    tasks = {p.task for p in parts if p is not None}
+    tasks = {p.task for p in parts}
     if len(tasks) > 1:
-        return "mean", ["the models mix classifiers and regressors: choose the output each one feeds the "
-                        "combiner (output = ...) so their shapes match, or use kind = \"concat\""]
-    if tasks == {"regression"} and len({p.head.shape[1:] if p.head.shape else None
-                                        for p in parts if p is not None}) > 1:
-        return "concat", ["the regressors' outputs differ in shape, so they are concatenated"]
-    classes = {p.classes for p in parts if p is not None}
-    if tasks == {"classification"} and len(classes) > 1:
-        return "mean", ["the classifiers have different classes; mean needs the same classes in each"]
+        return "concat", ["the models mix classifiers and regressors, so their outputs are put side by side; "
+                          "to average them instead, choose outputs of one shape (output = ...) and kind = \"mean\""]
+    if tasks == {"regression"} and len({p.head.shape[1:] if p.head.shape else None for p in parts}) > 1:
+        return "concat", ["the regressors' outputs differ in shape, so they are put side by side"]
+    if tasks == {"classification"} and len({p.classes for p in parts}) > 1:
+        return "concat", ["the classifiers have different classes, so their probabilities are put side by side"]
     return "mean", []
 
 
@@ -198,7 +196,7 @@ def render(starter: Starter) -> str:
               f"columns = {_list(starter.columns)}"]
     for m in starter.models:
         lines += ["", f"[models.{_key(m.name)}]", f"# {_about(m.info)}"]
-        lines += [f"# note: {n}" for n in m.notes]
+        lines += _notes(m.notes)
         lines.append(f"path = {_str(m.path)}   # relative to this file")
         if len(m.routes) == 1 and m.routes[0][0] is None:
             port = m.info.inputs[0]
@@ -214,9 +212,15 @@ def render(starter: Starter) -> str:
             lines += ["", f"[models.{_key(m.name)}.inputs]   # the model's inputs and the columns each one takes"]
             lines += [f"{_key(str(inp))} = {_list(cols)}" for inp, cols in m.routes]
     lines += ["", "[combiner]"]
-    lines += [f"# note: {n}" for n in starter.notes]
+    lines += _notes(starter.notes)
     lines += [f"# {' | '.join(COMBINERS)} (see the README)", f'kind = "{starter.combiner}"']
     return "\n".join(lines) + "\n"
+
+
+def _notes(notes: list[str]) -> list[str]:
+    import textwrap
+
+    return [line for n in notes for line in textwrap.wrap(n, 96, initial_indent="# note: ", subsequent_indent="#   ")]
 
 
 def _shell_word(text: str) -> str:

@@ -178,3 +178,23 @@ def test_init_errors(cli, tmp_path: Path, args: list[str], code: ExitCode) -> No
     assert result.code == code
     assert len(result.error_lines) == 1 and "Traceback" not in result.stderr
     assert model.read_bytes() == before
+
+
+@pytest.mark.parametrize("first, second", [("diabetes/a.onnx", "wine/b.onnx"), ("iris/a.onnx", "cancer/b.onnx")])
+def test_outputs_that_cannot_be_averaged_are_concatenated(cli, tmp_path: Path, first: str, second: str) -> None:
+    """A classifier with a regressor, or classifiers with different classes: init picks concat, which merges."""
+    a, b = SAMPLES / "batch" / first, SAMPLES / "batch" / second
+    mapping = tmp_path / "features.toml"
+    result = cli("init", a, b, "--out", mapping, "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["combiner"] == "concat" and result.json["notes"]
+    out = tmp_path / "merged.onnx"
+    assert cli("merge", "--map", mapping, "--out", out).code == 0
+    widths = [len(m["columns"]) for m in result.json["models"]]
+    X = rows(30, sum(widths))
+    heads = []
+    for path, cols in ((a, X[:, :widths[0]]), (b, X[:, widths[0]:])):
+        outputs = run_model(path, {"X": cols})
+        heads.append(outputs.get("probabilities", outputs.get("variable")))
+    np.testing.assert_allclose(run_model(out, {"features": X})["prediction"], np.concatenate(heads, axis=1),
+                               atol=1e-6)
