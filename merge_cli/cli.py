@@ -364,7 +364,7 @@ def _print_summary(result: MergeResult) -> None:
                 + (f" (converted {', '.join(converted)})" if converted else ""))
     v = doc["verification"]
     if v:
-        console.print(f"verified with onnxruntime on {v['rows']} rows: [green]ok[/green]")
+        console.print(f"verified on {v['rows']} rows with onnxruntime: [green]ok[/green]")
         print_plain(f"  max abs error {v['max_abs_error']:.3g} (atol {v['atol']:g}), "
                     f"max rel error {v['max_rel_error']:.3g} (rtol {v['rtol']:g})")
     else:

@@ -187,7 +187,7 @@ def test_merge_summary_fits_80_columns(workdir: Path) -> None:
     assert set(rows) == {"a", "b"}  # one line per model, nothing wrapped onto the next
     assert "classifier  probabilities  15 columns (mean radius .. smoothness error)" in rows["a"]
     assert rows["b"].endswith("…")  # too long for 80 columns: cut, not wrapped
-    assert "verified with onnxruntime on 256 rows: ok" in lines
+    assert "verified on 256 rows with onnxruntime: ok" in lines
     assert result.stderr == ""  # no progress when stderr is not a terminal
 
 
@@ -197,7 +197,7 @@ def test_progress_on_a_terminal_only_and_quiet(workdir: Path) -> None:
     assert code == 0
     for step in ("load...", "convert...", "write...", "verify..."):
         assert step in terminal
-    assert "verified with onnxruntime" in stdout and "load..." not in stdout
+    assert "rows with onnxruntime: ok" in stdout and "load..." not in stdout
     code, stdout, terminal = with_terminal_stderr("verify", "build/m.onnx", cwd=workdir)
     assert code == 0 and "verify..." in terminal
     code, stdout, terminal = with_terminal_stderr("merge", "--map", "samples/features.toml", "--out",
