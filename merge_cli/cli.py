@@ -266,7 +266,9 @@ def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> N
 
 def _fail(line: str, hint: str | None, code: int, json_output: bool, error: dict[str, Any],
           details: dict[str, Any] | None = None) -> None:
-    if json_output:
+    if json_output:  # every error object has the same keys
+        error = {"code": code, "kind": ExitCode(code).name.lower(), "file": None,
+                 "message": line.removeprefix("error: "), "hint": hint, **error}
         _print_json({"status": "error", "error": error, **(details or {})})
     print(line, file=sys.stderr)
     if hint:
@@ -518,12 +520,13 @@ def main(argv: list[str] | None = None) -> int:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `merge-models`: the help, as people expect
             print(e.format_message())
             return 0
+        command = e.ctx.command_path if e.ctx else "merge-models"
+        hint = f"run '{command} --help'"
         if "--json" in args:
             _print_json({"status": "error", "error": {"code": int(ExitCode.USAGE), "kind": "usage", "file": None,
-                                                      "message": e.format_message(), "hint": None}})
+                                                      "message": e.format_message(), "hint": hint}})
         print(f"error: {e.format_message()}", file=sys.stderr)
-        command = e.ctx.command_path if e.ctx else "merge-models"
-        print(f"hint: run '{command} --help'", file=sys.stderr)
+        print(f"hint: {hint}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except click_exceptions.ClickException as e:
         print(f"error: {e.format_message()}", file=sys.stderr)

@@ -107,6 +107,8 @@ def test_json_is_one_document_and_exit_codes_do_not_change(case: str, cli, workd
         assert doc["status"] == "ok" and as_json.stderr == ""
     else:
         assert doc["status"] == "error" and doc["error"]["code"] == as_json.code
+        assert set(doc["error"]) == {"code", "kind", "file", "message", "hint"}
+        assert plain.error_lines[0].endswith(doc["error"]["message"])
         assert as_json.error_lines == plain.error_lines and len(plain.error_lines) == 1
         assert plain.stdout == "" or plain.code == ExitCode.VERIFY_FAILED
     assert "Traceback" not in plain.stderr + as_json.stderr
