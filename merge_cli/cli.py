@@ -117,6 +117,8 @@ def merge(
                 progress=progress,
             )
         if not quiet and not json_output:
+            for warning in result.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
             _print_summary(result)
         return result.to_dict()
 

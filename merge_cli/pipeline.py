@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +25,18 @@ from .model_io import (
     staging_dir,
     write_model,
 )
-from .normalize import Part, Target, common_target, convert_part, read_part
+from .normalize import Part, Target, align_heads, check_batches, common_target, convert_part, read_part
 from .splice import assemble, prefix_model, splice
-from .verify import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, VerifyReport, random_rows, runtime_ir_cap, verify
+from .verify import (
+    DEFAULT_ATOL,
+    DEFAULT_ROWS,
+    DEFAULT_RTOL,
+    VerifyReport,
+    observe_outputs,
+    random_rows,
+    runtime_ir_cap,
+    verify,
+)
 from .wire import PROTOBUF_LIMIT, Refs, payload_bytes
 
 if TYPE_CHECKING:
@@ -63,6 +73,7 @@ class MergeResult:
     verification: VerifyReport | None
     seconds: float
     stages: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +88,7 @@ class MergeResult:
             "verification": self.verification.to_dict() if self.verification else None,
             "seconds": round(self.seconds, 4),
             "stages": {k: round(v, 4) for k, v in self.stages.items()},
+            "warnings": self.warnings,
         }
 
 
@@ -114,9 +126,10 @@ def merge(
     with step("load"):
         loaded = [load_model(m.path) for m in spec.models]
         check_output_path(out, input_files(spec) + [f for m in loaded for f in m.data_files])
-        parts = read_parts(spec, loaded)
+        parts = read_parts(spec, loaded, strict=verify_output)
+        _, warnings = check_batches(parts, spec.source)
     with step("convert"):
-        target = convert_parts(parts, opset)
+        target = convert_parts(parts, opset, spec)
     with step("splice"):
         model, heads = build_model(parts, spec, target, keep_outputs, out)
         refs: Refs = {k: v for lm in loaded for k, v in lm.refs.items()}
@@ -146,6 +159,7 @@ def merge(
         verification=report,
         seconds=time.perf_counter() - start,
         stages=stages,
+        warnings=warnings,
     )
 
 
@@ -155,16 +169,24 @@ def input_files(spec: FeatureMapping) -> list[Path]:
     return files
 
 
-def read_parts(spec: FeatureMapping, loaded: list[LoadedModel]) -> list[Part]:
-    """Each loaded model as a part: its inputs, outputs, head and classes (see normalize.read_part)."""
-    return [read_part(m, lm) for m, lm in zip(spec.models, loaded, strict=True)]
+def read_parts(spec: FeatureMapping, loaded: list[LoadedModel], strict: bool = True) -> list[Part]:
+    """Each loaded model as a part: its inputs, outputs, head and classes (see normalize.read_part).
+
+    Each original file is run once in onnxruntime to see its real output shapes; `strict`: a file
+    onnxruntime cannot run is an error now rather than at verification.
+    """
+    observe = functools.partial(observe_outputs, strict=strict)
+    return [read_part(m, lm, observe) for m, lm in zip(spec.models, loaded, strict=True)]
 
 
-def convert_parts(parts: list[Part], opset: int | None) -> Target:
-    """Convert every part to the common opset and IR version, then prefix its names with `<model>/`."""
+def convert_parts(parts: list[Part], opset: int | None, spec: FeatureMapping) -> Target:
+    """Convert every part to the common opset and IR version, align the heads the combiner reads
+    (class order, [N, 2] for binary, [N, 1] for regressors), then prefix its names with `<model>/`."""
     target = common_target(parts, opset, runtime_ir_cap())
     for part in parts:
         convert_part(part, target)
+    align_heads(parts, spec.combiner.kind, target.opsets[""], spec.source)
+    for part in parts:
         prefix_model(part.model, f"{part.name}/")
     return target
 
@@ -253,7 +275,7 @@ def model_report(part: Part, spec: FeatureMapping, target: Target) -> ModelRepor
         path=str(part.source.path),
         columns=[spec.input.columns[c] for c in part.spec.columns],
         task=part.task,
-        head=part.head.name,
+        head=part.head_output,
         classes=list(part.classes) if part.classes is not None else None,
         opset_from=part.opset_from,
         opset_to=target.opsets[""],

@@ -108,7 +108,7 @@ def verify_merged(
 
             real_rows = read_rows(data, spec.input.columns, spec.input.dtype)
     with step("convert"):
-        target = convert_parts(parts, opset)
+        target = convert_parts(parts, opset, spec)
     with step("splice"):
         keep_outputs = any(o.startswith(f"{p.name}/") for o in merged_outputs for p in parts)
         model, heads = build_model(parts, spec, target, keep_outputs, merged)

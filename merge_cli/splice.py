@@ -121,7 +121,9 @@ def splice(parts: list[Part], mapping: FeatureMapping) -> Spliced:
 
     spec = mapping.input
     dtype = FLOAT if spec.dtype == "float32" else DOUBLE
-    shared = helper.make_tensor_value_info(spec.name, dtype, ["N", len(spec.columns)])
+    # A part with a fixed batch size fixes the merged model's too (check_batches warned about it).
+    batch = next((p.batch for p in parts if p.batch is not None), "N")
+    shared = helper.make_tensor_value_info(spec.name, dtype, [batch, len(spec.columns)])
     out = Spliced(input=shared, names={spec.name})
     for part in parts:
         out.names.update(_all_names(part.model.graph))

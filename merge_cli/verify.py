@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ExitCode, MergeError, bad_input
-from .normalize import Part
+from .normalize import PROBE_ROWS, Observed, Part
 
 if TYPE_CHECKING:
     import onnxruntime
 
 NUMPY_OF = {1: np.float32, 11: np.float64, 10: np.float16, 6: np.int32, 7: np.int64, 9: np.bool_, 8: np.object_}
+ONNX_OF = {"f4": 1, "f8": 11, "f2": 10, "i4": 6, "i8": 7, "b1": 9, "O8": 8}  # numpy kind + itemsize -> onnx type
 DEFAULT_ROWS = 256
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-5
@@ -154,10 +155,36 @@ def part_feed(part: Part, rows: np.ndarray) -> dict[str, np.ndarray]:
     return feed
 
 
+def part_session(part: Part) -> onnxruntime.InferenceSession:
+    """A session on the ORIGINAL file; failing that, on the file with its ZipMaps cut off.
+
+    skl2onnx writes float64 classifiers with a ZipMap over a float64 tensor, which onnxruntime refuses
+    to load ("Type 'tensor(double)' of input parameter ... of operator (ZipMap) ... is invalid"); the
+    merged model does not have that ZipMap, so the part is checked against the tensor that fed it.
+    """
+    path = part.source.path
+    try:
+        return open_session(path, lambda m: bad_input(path, f"onnxruntime cannot load this model: {m}"))
+    except MergeError:
+        if part.unzipped is None:
+            raise
+    from io import BytesIO
+
+    from .wire import write_single_file
+
+    buffer = BytesIO()
+    write_single_file(part.unzipped, part.source.refs, buffer)
+    return open_session(buffer.getvalue(), lambda m: bad_input(path, f"onnxruntime cannot load this model: {m}"))
+
+
 def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Run the ORIGINAL file; a ZipMap output (a list of dicts) comes back as the [N, K] tensor it wraps."""
+    """Run the ORIGINAL file; a ZipMap output (a list of dicts) comes back as the [N, K] tensor it wraps.
+
+    The part's head, when align_heads reshaped or reordered it, is added in its aligned form too.
+    """
     fed_by = {tensor: zipmap for zipmap, tensor in part.zipmaps.items()}
-    fetch = [fed_by.get(o.name, o.name) for o in part.outputs]
+    available = {o.name for o in session.get_outputs()}
+    fetch = [fed_by[o.name] if fed_by.get(o.name) in available else o.name for o in part.outputs]
     try:
         values = session.run(fetch, part_feed(part, rows))
     except Exception as e:
@@ -165,15 +192,38 @@ def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray
     out = {}
     for o, name, value in zip(part.outputs, fetch, values, strict=True):
         if name in part.zipmaps:
-            classes = part.classes or ()
-            value = np.array([[row[c] for c in classes] for row in value], dtype=np.float32).reshape(-1, len(classes))
+            classes = part.zipmap_classes.get(o.name, ())
+            dtype = NUMPY_OF.get(o.elem_type, np.float32)
+            value = np.array([[row[c] for c in classes] for row in value], dtype=dtype).reshape(-1, len(classes))
         out[o.name] = np.asarray(value)
+    if part.adapter is not None:
+        out[part.head.name] = part.adapter.numpy(out[part.adapter.source])
     return out
+
+
+def observe_outputs(part: Part) -> Observed | None:
+    """Run the original file once on a few random rows: the shapes and types its outputs really have.
+
+    Declared output shapes are not always right (LightGBM declares its label [1] and returns [N]).
+    None when onnxruntime cannot run the file; verification will say so, if it runs.
+    """
+    try:
+        session = part_session(part)
+        rows = random_rows(part.batch or PROBE_ROWS, max(part.spec.columns) + 1, "float32", seed=1)
+        values = run_part(part, session, rows)
+    except MergeError:
+        return None
+    observed: Observed = {}
+    for o in part.outputs:
+        value = values[o.name]
+        elem_type = None if o.name in part.zipmap_classes else ONNX_OF.get(value.dtype.kind + str(value.dtype.itemsize))
+        observed[o.name] = (tuple(int(d) for d in value.shape), elem_type)
+    return observed
 
 
 def batch_size(parts: list[Part]) -> int | None:
     """A fixed batch dimension declared by any part (then rows are run in chunks of it)."""
-    sizes = {i.shape[0] for p in parts for i in p.inputs if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
+    sizes = {p.batch for p in parts if p.batch is not None}
     return min(sizes) if sizes else None
 
 
@@ -248,18 +298,18 @@ def verify(
     start = time.perf_counter()
     merged_session = open_session(merged, lambda m: MergeError(
         ExitCode.VERIFY_FAILED, merged.name, f"onnxruntime cannot load the merged model: {m}"))
-    sessions = [open_session(p.source.path, lambda m, p=p: bad_input(  # type: ignore[misc]
-        p.source.path, f"onnxruntime cannot load this model: {m}")) for p in parts]
+    sessions = [part_session(p) for p in parts]
     input_name = merged_session.get_inputs()[0].name
     output_names = [o.name for o in merged_session.get_outputs()]
+    declared = {o.name: o.shape for o in merged_session.get_outputs()}
     chunk = batch_size(parts)
     checks: dict[str, OutputCheck] = {}
     total = 0
     for rows in batches:
         for lo in range(0, len(rows), chunk or max(len(rows), 1)):
             piece = rows[lo: lo + chunk] if chunk else rows
-            if chunk and len(piece) < chunk:
-                continue
+            if chunk and len(piece) < chunk:  # a fixed batch: fill the last piece up with rows already seen
+                piece = np.concatenate([piece, np.resize(rows, (chunk - len(piece), rows.shape[1]))])
             part_outputs = [run_part(p, s, piece) for p, s in zip(parts, sessions, strict=True)]
             expected = expected_of(part_outputs, piece)
             try:
@@ -274,9 +324,23 @@ def verify(
                     continue
                 check = compare(name, np.asarray(got[name]), np.asarray(expected[name]), atol, rtol, finite_rows,
                                 ties if name == "label" else None)
+                wrong = declared_shape_problem(declared[name], np.asarray(got[name]).shape)
+                if wrong and check.passed:
+                    check.passed, check.problem = False, wrong
                 checks[name] = merge_checks(checks.get(name), check)
             total += len(piece)
     return VerifyReport(total, atol, rtol, list(checks.values()), time.perf_counter() - start)
+
+
+def declared_shape_problem(declared: list[Any] | None, actual: tuple[int, ...]) -> str | None:
+    """The merged file must not declare an output shape that onnxruntime then contradicts."""
+    if declared is None:
+        return None
+    differ = any(isinstance(d, int) and d != a for d, a in zip(declared, actual, strict=False))
+    if len(declared) != len(actual) or differ:
+        shown = ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in declared)
+        return f"the merged file declares shape [{shown}] but onnxruntime returns {list(actual)}"
+    return None
 
 
 def merge_checks(old: OutputCheck | None, new: OutputCheck) -> OutputCheck:
