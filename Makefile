@@ -33,5 +33,8 @@ lint: install ## ruff and mypy
 samples: install ## regenerate the sample models (needs only the test extra)
 	$(BIN)/python samples/make_samples.py
 
+fixtures: install ## regenerate tests/fixtures from skl2onnx and onnxmltools (torch ones: see README)
+	$(BIN)/python tests/make_fixtures.py
+
 clean: ## remove the virtualenv and build outputs
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -201,18 +201,24 @@ def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray
     return out
 
 
-def observe_outputs(part: Part) -> Observed | None:
+def observe_outputs(part: Part, strict: bool = True) -> Observed | None:
     """Run the original file once on a few random rows: the shapes and types its outputs really have.
 
     Declared output shapes are not always right (LightGBM declares its label [1] and returns [N]).
-    None when onnxruntime cannot run the file; verification will say so, if it runs.
+    When onnxruntime cannot run the file: the error if `strict` (verification could not run it
+    either), else None (--no-verify: the declared and inferred shapes will have to do).
     """
     try:
         session = part_session(part)
         rows = random_rows(part.batch or PROBE_ROWS, max(part.spec.columns) + 1, "float32", seed=1)
         values = run_part(part, session, rows)
-    except MergeError:
-        return None
+    except MergeError as e:
+        if not strict:
+            return None
+        if e.hint is None and e.code == ExitCode.BAD_INPUT:
+            e.hint = ("the merge is checked against each original file in onnxruntime; re-export this model so "
+                      "that onnxruntime runs it, or merge with --no-verify")
+        raise
     observed: Observed = {}
     for o in part.outputs:
         value = values[o.name]

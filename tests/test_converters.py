@@ -122,7 +122,7 @@ def dataset_rows(dataset: str) -> np.ndarray:
 
 def same_task(a: str, b: str) -> bool:
     fa, fb = FIXTURES[a], FIXTURES[b]
-    return fa.dataset == fb.dataset and set(fa.classes or ()) == set(fb.classes or ())
+    return fa.runs and fb.runs and fa.dataset == fb.dataset and set(fa.classes or ()) == set(fb.classes or ())
 
 
 PAIRS = [(a, b) for a, b in itertools.combinations(FIXTURES, 2) if same_task(a, b)]
@@ -242,6 +242,38 @@ def test_different_class_sets_are_exit_4_with_a_hint(cli, tmp_path: Path) -> Non
     assert "hint: merge classifiers trained on the same classes" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_file_onnxruntime_refuses_is_exit_3_naming_it(cli, tmp_path: Path) -> None:
+    """skl2onnx's float64 GradientBoostingRegressor: the merge could not be checked, so it is refused up front."""
+    mapping = write_pair_mapping(tmp_path, "diabetes_gbr_double", "diabetes_lgbm")
+    out = tmp_path / "merged.onnx"
+    result = cli("merge", "--map", mapping, "--out", out)
+    assert result.code == int(ExitCode.BAD_INPUT)
+    (line,) = result.error_lines
+    assert line.startswith(f"error: {FIXTURE_DIR / 'diabetes_gbr_double.onnx'}: onnxruntime cannot load this model:")
+    assert "TreeEnsembleRegressor" in line
+    assert "hint: the merge is checked against each original file in onnxruntime" in result.stderr
+    assert not out.exists()
+
+
+def test_float64_merged_input_casts_to_each_models_type(tmp_path: Path) -> None:
+    """[input] dtype = "float64": the float32 model gets a Cast, the float64 one the columns as they are."""
+    mapping = write_pair_mapping(tmp_path, "wine_lr_double", "wine_rf")
+    mapping.write_text(mapping.read_text().replace('["input"]\n', '["input"]\n"dtype" = "float64"\n'))
+    out = tmp_path / "merged.onnx"
+    merge_cli.merge(mapping, out)
+    model = onnx.load(out)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    casts = [n for n in model.graph.node if n.op_type == "Cast" and n.input[0].startswith("b.")]
+    assert len(casts) == 1
+    X = load("wine")[0]
+    merged = run_model(out, {"features": X})
+    lr = original_session(FIXTURE_DIR / "wine_lr_double.onnx").run(None, {"X": X[:, 5:13]})
+    rf = run_model(FIXTURE_DIR / "wine_rf.onnx", {"X": X[:, 6:13].astype(np.float32)})["probabilities"]
+    probabilities = next(v for v in lr if np.asarray(v).dtype == np.float64)
+    assert merged["probabilities"].dtype == np.float64
+    np.testing.assert_allclose(merged["probabilities"], (probabilities + rf) / 2, atol=TOL, rtol=TOL)
 
 
 def test_unlabeled_probabilities_next_to_a_classifier_ask_for_classes(cli, tmp_path: Path) -> None:
