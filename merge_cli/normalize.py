@@ -28,6 +28,7 @@ CLASS_ATTRS = ("classlabels_int64s", "classlabels_ints", "classlabels_strings")
 # Ops a label goes through unchanged on its way out (skl2onnx: ArgMax -> ArrayFeatureExtractor -> Reshape -> Cast).
 LABEL_PASS_THROUGH = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
 DEFAULT_OPSET = 17  # for parts that declare no default-domain opset at all (e.g. XGBoost via onnxmltools)
+AVERAGING = ("mean", "weighted", "sum", "max", "min", "vote")  # combiners that need all parts to mean the same
 PROBE_ROWS = 3  # batch size of the one run that checks declared output shapes (no converter bakes in 3)
 NUMPY_OF_TYPE = {FLOAT: np.float32, DOUBLE: np.float64, 10: np.float16, INT32: np.int32, INT64: np.int64,
                  9: np.bool_, STRING: np.object_}
@@ -347,7 +348,8 @@ def choose_head(part: Part) -> None:
     """The output fed to the combiner: `output`, else a classifier's probabilities, else the only output."""
     spec, path = part.spec, part.source.path
     by_name = {o.name: o for o in part.outputs}
-    labels = [o for o in part.outputs if o.elem_type in LABEL_TYPES and o.rank in (None, 1)]
+    labels = [o for o in part.outputs if o.elem_type in LABEL_TYPES and (o.rank in (None, 1) or o.shape
+                                                                          and len(o.shape) == 2 and o.shape[1] == 1)]
     scores = [o for o in part.outputs if o.elem_type in SCORE_TYPES]
     wanted = part.zipmaps.get(spec.output, spec.output) if spec.output else None
     if wanted is not None and wanted not in by_name:
@@ -754,7 +756,7 @@ def align_heads(parts: list[Part], kind: str, opset: int, source: Path) -> None:
     if classifiers and kind != "concat":
         common = classifiers[0].classes
         assert common is not None
-        for p in others:
+        for p in others if kind in AVERAGING else ():
             if p.head.width in (1, len(common)) and p.head.elem_type in SCORE_TYPES:
                 raise incompatible(source, f"{p.name} looks like a classifier without labels (output "
                                    f"{p.head.name!r}) next to classifier {classifiers[0].name}",
@@ -775,10 +777,9 @@ def align_heads(parts: list[Part], kind: str, opset: int, source: Path) -> None:
                                   order=order if order != tuple(range(len(common))) else None)
             apply_adapter(p, adapter, opset)
             p.classes = common
-    regressors = others if classifiers and kind != "concat" else [p for p in parts if p.task != "classification"]
-    ranks = {p.head.rank for p in regressors}
-    if ranks == {1, 2} and all(p.head.width == 1 for p in regressors):
-        for p in regressors:
+    ranks = {p.head.rank for p in others}
+    if ranks == {1, 2} and all(p.head.width == 1 for p in others):
+        for p in others:
             if p.head.rank == 1:
                 apply_adapter(p, HeadAdapter(p.head.name, unsqueeze=True), opset)
 
