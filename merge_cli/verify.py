@@ -210,15 +210,17 @@ def observe_outputs(part: Part, strict: bool = True) -> Observed | None:
     """
     try:
         session = part_session(part)
-        rows = random_rows(part.batch or PROBE_ROWS, max(part.spec.columns) + 1, "float32", seed=1)
-        values = run_part(part, session, rows)
     except MergeError as e:
         if not strict:
             return None
-        if e.hint is None and e.code == ExitCode.BAD_INPUT:
-            e.hint = ("the merge is checked against each original file in onnxruntime; re-export this model so "
-                      "that onnxruntime runs it, or merge with --no-verify")
+        e.hint = e.hint or ("the merge is checked against each original file in onnxruntime; re-export this "
+                            "model so that onnxruntime runs it, or merge with --no-verify")
         raise
+    try:
+        rows = random_rows(part.batch or PROBE_ROWS, max(part.spec.columns) + 1, "float32", seed=1)
+        values = run_part(part, session, rows)
+    except MergeError:  # e.g. columns that do not fit its input: splice says so, more precisely
+        return None
     observed: Observed = {}
     for o in part.outputs:
         value = values[o.name]
