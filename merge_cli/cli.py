@@ -81,7 +81,8 @@ def merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged model.",
                                       show_default=False)] = Path("merged.onnx"),
     combiner: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Combiner kind (overrides [combiner] kind): mean, weighted, sum, max, min, concat.",
+        help="Combiner kind (overrides [combiner] kind): mean, weighted, sum, max, min, concat, vote, stack, gate, "
+             "onnx.",
         show_default=False)] = None,
     weights: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Per-model weights in mapping order, e.g. 0.7,0.3 (normalised; implies nothing about kind).",
@@ -91,6 +92,12 @@ def merge(
     verify: Annotated[bool, typer.Option("--verify/--no-verify",
                                          help="Check the written model against the parts with onnxruntime.")] = True,
     rows: RowsOption = 256,
+    data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Real rows (CSV with a header, or .npz with X and y): verify on them too and score each model.",
+        show_default=False, metavar="FILE")] = None,
+    target: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="The --data column holding the true values (default: the one column that is not an input).",
+        show_default=False, metavar="NAME")] = None,
     atol: AtolOption = 1e-5,
     rtol: RtolOption = 1e-5,
     opset: Annotated[Optional[int], typer.Option(  # noqa: UP045
@@ -114,7 +121,7 @@ def merge(
                 weights=parse_weights(weights) if weights is not None else None,
                 keep_outputs=keep_outputs, verify_output=verify, rows=rows, atol=atol, rtol=rtol,
                 opset=opset, external_data=external_data,
-                progress=progress,
+                progress=progress, data=data, target=target,
             )
         if not quiet and not json_output:
             for warning in result.warnings:
@@ -373,6 +380,7 @@ def _print_summary(result: MergeResult) -> None:
                     f"max rel error {v['max_rel_error']:.3g} (rtol {v['rtol']:g})")
     else:
         console.print("[yellow]not verified (--no-verify)[/yellow]")
+    _print_scores(console, doc)
     size = sum(f["bytes"] for f in doc["files"])
     files = " + ".join(f["path"] for f in doc["files"])
     print_plain(f"wrote {files} ({_size(size)}) in {doc['seconds']:.2f} s")
@@ -496,6 +504,33 @@ def _preview(items: list[str], n: int) -> str:
 
 def _port(o: dict[str, Any]) -> str:
     return f"{o['name']} {o['type']} {_shape(o['shape'])}"
+
+
+def _print_scores(console: Console, doc: dict[str, Any]) -> None:
+    """The stack's cross-validated choice, then each model on the --data rows."""
+    metrics = {"classification": ["accuracy", "log_loss", "roc_auc"], "regression": ["rmse", "mae", "r2"]}
+    print_plain = _plain(console)
+    stack = doc.get("stack")
+    if stack:
+        cv = stack["cross_validation"]
+        names = metrics["classification" if "accuracy" in cv[0] else "regression"]
+        alpha = f", alpha {stack['alpha']:g}" if stack["alpha"] is not None else ""
+        print_plain(f"stack: {stack['folds']}-fold cross-validation on {stack['rows']} rows "
+                    f"(chosen: {stack['chosen']}{alpha})")
+        _print_rows(console, ["combiner", *names], [[c["combiner"], *(_metric(c.get(n)) for n in names)] for c in cv])
+    scores = doc.get("scores")
+    if scores:
+        names = metrics[scores["task"]]
+        print_plain(f"scores on {scores['rows']} rows of {Path(scores['data']).name} (target {scores['target']}):")
+        _print_rows(console, ["model", "rows", *names],
+                    [[m["model"], str(m["rows"]), *(_metric(m.get(n)) for n in names)] for m in scores["models"]])
+        if scores["in_sample"]:
+            console.print("[yellow]in-sample:[/yellow] the stack was fitted on these rows; "
+                          "its cross-validated scores above are the honest ones")
+
+
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _shape(shape: list[Any] | None) -> str:

@@ -9,16 +9,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import incompatible
-from .mapping import CombinerSpec, FeatureMapping
-from .normalize import DOUBLE, FLOAT, INT64, STRING, Part, Shape
+from .errors import bad_input, incompatible
+from .mapping import CombinerSpec, FeatureMapping, ModelSpec
+from .normalize import (
+    DOUBLE,
+    FLOAT,
+    INT64,
+    STRING,
+    Part,
+    Shape,
+    TensorInfo,
+    check_versions,
+    dedupe_opsets,
+    default_opset,
+    tensor_info,
+)
+from .stacking import EPS, StackModel, mean_of
 
 if TYPE_CHECKING:
-    from onnx import NodeProto, TensorProto, ValueInfoProto
+    from onnx import FunctionProto, NodeProto, SparseTensorProto, TensorProto, ValueInfoProto
+
+    from .model_io import LoadedModel
 
 Source = Path | None  # the file errors are reported against (the mapping)
 ELEMENTWISE = ("mean", "weighted", "sum", "max", "min")
 NUMPY_TYPES = {FLOAT: np.float32, DOUBLE: np.float64}
+TIE = 1e-6  # vote shares this close count as tied (they are sums of normalised weights)
 
 
 @dataclass(frozen=True)
@@ -41,20 +57,51 @@ class Head:
 
 
 @dataclass
+class UserGraph:
+    """The user's own combiner (kind = "onnx"), held as a part so it is converted and prefixed like one."""
+
+    part: Part  # part.model is converted to the common opset and prefixed with `prefix/` before building
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a combiner needs beyond the mapping: a stack fitted on data, or the user's graph."""
+
+    stack: StackModel | None = None
+    graph: UserGraph | None = None
+
+    def parts(self) -> list[Part]:
+        """The user's combiner graph as a part: converted to the common opset and prefixed like one."""
+        return [self.graph.part] if self.graph else []
+
+    def sources(self) -> list[LoadedModel]:
+        """Files whose weights the merged model copies (by reference) besides the models'."""
+        return [p.source for p in self.parts()]
+
+
+@dataclass
 class CombinerGraph:
     """What a combiner adds to the merged graph."""
 
     nodes: list[NodeProto] = field(default_factory=list)
     initializers: list[TensorProto] = field(default_factory=list)
     outputs: list[ValueInfoProto] = field(default_factory=list)
+    value_info: list[ValueInfoProto] = field(default_factory=list)
+    sparse_initializers: list[SparseTensorProto] = field(default_factory=list)
+    functions: list[FunctionProto] = field(default_factory=list)
+    routes_read: str | None = None  # the tensor the parts' Gathers read instead of the merged input (gate)
 
 
 class Builder:
     """Adds nodes with fresh names; `fresh` comes from the spliced graph so nothing collides."""
 
-    def __init__(self, fresh: Callable[[str], str], opset: int) -> None:
+    def __init__(self, fresh: Callable[[str], str], opset: int, input_name: str = "features",
+                 input_type: int = FLOAT) -> None:
         self.fresh = fresh
         self.opset = opset
+        self.input_name = input_name  # the merged input [N, F], for passthrough columns and gate
+        self.input_type = input_type
         self.graph = CombinerGraph()
 
     def node(self, op: str, inputs: list[str], base: str, domain: str = "", **attrs: Any) -> str:
@@ -87,6 +134,20 @@ class Builder:
                                f"rename [input].name to something other than {wanted!r}")
         self.graph.nodes.append(helper.make_node("Identity", [tensor], [wanted], name=self.fresh(f"output.{wanted}")))
         return wanted
+
+    def reduce(self, op: str, x: str, axis: int, keepdims: int, base: str) -> str:
+        """ReduceSum/ReduceMax over one axis: axes became an input in opset 13 (Sum) and 18 (the others)."""
+        if self.opset >= (13 if op == "ReduceSum" else 18):
+            return self.node(op, [x, self.const(np.array([axis], np.int64), "axes")], base, keepdims=keepdims)
+        return self.node(op, [x], base, axes=[axis], keepdims=keepdims)
+
+    def unsqueeze(self, x: str, axes: list[int], base: str) -> str:
+        if self.opset >= 13:
+            return self.node("Unsqueeze", [x, self.const(np.array(axes, np.int64), "axes")], base)
+        return self.node("Unsqueeze", [x], base, axes=axes)
+
+    def reshape(self, x: str, shape: list[int], base: str) -> str:
+        return self.node("Reshape", [x, self.const(np.array(shape, np.int64), "shape")], base)
 
 
 # ---------------------------------------------------------------------------- shared checks
@@ -136,7 +197,8 @@ def _show(shape: Shape) -> str:
 def task_of(heads: list[Head], kind: str, source: Source) -> str:
     tasks = {h.task for h in heads}
     if len(tasks) > 1 and kind != "concat":
-        kinds = ", ".join(f"{h.model} is a {'classifier' if h.task == 'classification' else 'regressor'}" for h in heads)
+        kinds = ", ".join(f"{h.model} is a {'classifier' if h.task == 'classification' else 'regressor'}"
+                          for h in heads)
         raise incompatible(source, f"cannot {kind} a classifier with a regressor ({kinds})",
                            'use kind = "concat" to put their outputs side by side')
     return tasks.pop() if len(tasks) == 1 else "mixed"
@@ -152,7 +214,8 @@ def normalized_weights(heads: list[Head], kind: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- element-wise and concat
 
 
-def build_elementwise(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source) -> None:
+def build_elementwise(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source,
+                      prepared: Prepared) -> None:
     task = task_of(heads, spec.kind, source)
     dtype = promoted_type(heads)
     shape = check_same_shapes(heads, source)
@@ -192,7 +255,7 @@ def class_array(classes: tuple[int, ...] | tuple[str, ...]) -> np.ndarray:
     return np.array(classes, dtype=np.int64)
 
 
-def build_concat(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source) -> None:
+def build_concat(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source, prepared: Prepared) -> None:
     dtype = promoted_type(heads)
     ranks = {len(h.shape) for h in heads if h.shape is not None}
     if len(ranks) > 1:
@@ -221,7 +284,7 @@ def cast(b: Builder, tensor: str, have: int, want: int, model: str) -> str:
 
 
 def reference_elementwise(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray],
-                          rows: np.ndarray) -> dict[str, np.ndarray]:
+                          rows: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
     """What build_elementwise computes, in numpy, from the parts' outputs run separately."""
     dtype = NUMPY_TYPES[promoted_type(heads)]
     shapes = {a.shape for a in arrays}
@@ -249,33 +312,390 @@ def reference_elementwise(spec: CombinerSpec, heads: list[Head], arrays: list[np
 
 
 def reference_concat(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray],
-                     rows: np.ndarray) -> dict[str, np.ndarray]:
+                     rows: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
     dtype = NUMPY_TYPES[promoted_type(heads)]
     xs = [a.astype(dtype).reshape(len(a), -1) if a.ndim == 1 else a.astype(dtype) for a in arrays]
     return {"prediction": np.concatenate(xs, axis=-1)}
 
 
+# ---------------------------------------------------------------------------- vote
+
+
+def vote_weights(heads: list[Head], kind: str, source: Source) -> np.ndarray:
+    """Each model's `weight` (1 when not given), normalised to sum to 1."""
+    w = np.array([1.0 if h.weight is None else h.weight for h in heads])
+    if w.sum() <= 0:
+        raise incompatible(source, f"combiner {kind}: the weights sum to 0",
+                           "give at least one model a positive weight")
+    return w / w.sum()
+
+
+def classifier_heads(heads: list[Head], kind: str, source: Source) -> tuple[int, ...] | tuple[str, ...]:
+    if task_of(heads, kind, source) != "classification":
+        raise incompatible(source, f"combiner {kind} needs classifiers, and {heads[0].model} is a regressor",
+                           'use kind = "mean" (or "weighted") for regressors')
+    return check_same_classes(heads, source)
+
+
+def build_vote(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source, prepared: Prepared) -> None:
+    """Each model votes its argmax class with its weight; the most votes wins, ties go to the higher summed p."""
+    classes = classifier_heads(heads, "vote", source)
+    dtype = promoted_type(heads)
+    shape = check_same_shapes(heads, source)
+    k = len(classes)
+    np_type = NUMPY_TYPES[dtype]
+    ps = [cast(b, h.tensor, h.elem_type, dtype, h.model) for h in heads]
+    index = b.const(np.arange(k, dtype=np.int64).reshape(1, k), "class_index")
+    votes = []
+    for p, w, h in zip(ps, vote_weights(heads, "vote", source), heads, strict=True):
+        top = b.node("ArgMax", [p], f"{h.model}.choice", axis=1, keepdims=1)
+        hit = b.node("Cast", [b.node("Equal", [top, index], f"{h.model}.is_choice")], f"{h.model}.vote", to=dtype)
+        weight = b.const(np.array(w, np_type), f"{h.model}.weight")
+        votes.append(b.node("Mul", [hit, weight], f"{h.model}.weighted_vote"))
+    share = b.node("Sum", votes, "votes")
+    probability_sum = b.node("Sum", ps, "probability_sum")
+    most = b.reduce("ReduceMax", share, 1, 1, "most_votes")
+    margin = b.node("Sub", [most, b.const(np.array(TIE, np_type), "tie")], "tie_floor")
+    tied = b.node("Not", [b.node("Less", [share, margin], "behind")], "tied")
+    masked = b.node("Where", [tied, probability_sum, b.const(np.array(-np.inf, np_type), "minus_inf")], "tie_break")
+    winner = b.node("ArgMax", [masked], "winner", axis=1, keepdims=0)
+    label = b.node("Gather", [b.const(class_array(classes), "classes"), winner], "label_value", axis=0)
+    b.output(b.rename(label, "label"), STRING if isinstance(classes[0], str) else INT64, (None,))
+    b.output(b.rename(share, "probabilities"), dtype, shape if shape else (None, k))
+
+
+def reference_vote(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray], rows: np.ndarray,
+                   prepared: Prepared) -> dict[str, np.ndarray]:
+    classes = class_array(classifier_heads(heads, "vote", None))
+    dtype: Any = NUMPY_TYPES[promoted_type(heads)]
+    ps = [a.astype(dtype) for a in arrays]
+    k = len(classes)
+    share = None
+    for p, w in zip(ps, vote_weights(heads, "vote", None), strict=True):
+        vote = (np.argmax(p, axis=1)[:, None] == np.arange(k)[None, :]).astype(dtype) * dtype(w)
+        share = vote if share is None else share + vote
+    assert share is not None
+    probability_sum = ps[0]
+    for p in ps[1:]:
+        probability_sum = probability_sum + p
+    tied = ~(share < share.max(axis=1, keepdims=True) - dtype(TIE))
+    winner = np.argmax(np.where(tied, probability_sum, dtype(-np.inf)), axis=1)
+    return {"label": classes[winner], "probabilities": share}
+
+
+# ---------------------------------------------------------------------------- gate
+
+
+def build_gate(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source, prepared: Prepared) -> None:
+    """Per row, only models whose columns are all present contribute; their weights are renormalised.
+
+    The parts read a copy of the input with NaN replaced by 0 (routes_read), so a part that cannot
+    serve a row still computes something finite there; Where (not a multiplication by 0) drops it.
+    """
+    task = task_of(heads, "gate", source)
+    classes = check_same_classes(heads, source) if task == "classification" else None
+    check_missing_label(spec, classes, source)
+    dtype = promoted_type(heads)
+    np_type = NUMPY_TYPES[dtype]
+    shape = check_same_shapes(heads, source)
+    rank = len(shape) if shape is not None else 2
+    missing = b.node("IsNaN", [b.input_name], "missing")
+    zero = b.const(np.array(0, NUMPY_TYPES[b.input_type]), "zero_input")
+    b.graph.routes_read = b.node("Where", [missing, zero, b.input_name], "features_filled")
+    missing_count = b.node("Cast", [missing], "missing_count_cells", to=FLOAT)
+    available, weighted = [], []
+    for h, w in zip(heads, vote_weights(heads, "gate", source), strict=True):
+        cells = b.node("Gather", [missing_count, b.const(np.array(h.columns, np.int64), f"{h.model}.columns")],
+                       f"{h.model}.missing_cells", axis=1)
+        count = b.reduce("ReduceSum", cells, 1, 0, f"{h.model}.missing_count")
+        ok = b.node("Less", [count, b.const(np.array(0.5, np.float32), "half")], f"{h.model}.available")
+        if rank > 1:
+            ok = b.unsqueeze(ok, list(range(1, rank)), f"{h.model}.available_rows")
+        available.append(ok)
+        zero_w = b.const(np.array(0, np_type), "zero")
+        weighted.append(b.node("Where", [ok, b.const(np.array(w, np_type), f"{h.model}.weight"), zero_w],
+                               f"{h.model}.weight_if_available"))
+    total = b.node("Sum", weighted, "available_weight")
+    xs = [cast(b, h.tensor, h.elem_type, dtype, h.model) for h in heads]
+    terms = []
+    for x, ok, w, h in zip(xs, available, weighted, heads, strict=True):
+        share = b.node("Div", [w, total], f"{h.model}.share")
+        term = b.node("Mul", [x, share], f"{h.model}.term")
+        terms.append(b.node("Where", [ok, term, b.const(np.array(0, np_type), "zero")], f"{h.model}.contribution"))
+    combined = b.node("Sum", terms, "gated")
+    served = b.node("Greater", [total, b.const(np.array(0, np_type), "zero")], "served")
+    combined = b.node("Where", [served, combined, b.const(np.array(np.nan, np_type), "nan")], "gated_or_nan")
+    if classes is None:
+        b.output(b.rename(combined, "prediction"), dtype, shape)
+        return
+    index = b.node("ArgMax", [combined], "argmax", axis=1, keepdims=0)
+    label = b.node("Gather", [b.const(class_array(classes), "classes"), index], "label_value", axis=0)
+    served_rows = b.reshape(served, [-1], "served_rows")
+    missing_label = b.const(class_array((spec.missing_label,)), "missing_label")  # type: ignore[arg-type]
+    label = b.node("Where", [served_rows, label, missing_label], "label_or_missing")
+    b.output(b.rename(label, "label"), STRING if isinstance(classes[0], str) else INT64, (None,))
+    b.output(b.rename(combined, "probabilities"), dtype, shape if shape else (None, len(classes)))
+
+
+def check_missing_label(spec: CombinerSpec, classes: tuple[int, ...] | tuple[str, ...] | None,
+                        source: Source) -> None:
+    if classes is not None and isinstance(classes[0], str) != isinstance(spec.missing_label, str):
+        kind = "strings" if isinstance(classes[0], str) else "integers"
+        example = '"none"' if kind == "strings" else "-1"
+        raise incompatible(source, f"combiner.missing_label {spec.missing_label!r} is not of the labels' type ({kind})",
+                           f"give missing_label as one of the {kind}, e.g. missing_label = {example}")
+
+
+def available_rows(heads: list[Head], rows: np.ndarray) -> list[np.ndarray]:
+    """Per model: rows whose columns for it are all present (not NaN)."""
+    return [np.asarray(~np.isnan(rows[:, list(h.columns)].astype(np.float64)).any(axis=1)) for h in heads]
+
+
+def reference_gate(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray], rows: np.ndarray,
+                   prepared: Prepared) -> dict[str, np.ndarray]:
+    dtype: Any = NUMPY_TYPES[promoted_type(heads)]
+    w = vote_weights(heads, "gate", None).astype(dtype)
+    masks = available_rows(heads, rows)
+    weighted = [np.where(ok, wi, dtype(0)) for ok, wi in zip(masks, w, strict=True)]
+    total = weighted[0]
+    for x in weighted[1:]:
+        total = total + x
+    combined = None
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        for a, ok, wi in zip(arrays, masks, weighted, strict=True):
+            a = a.astype(dtype)
+            shape = (-1,) + (1,) * (a.ndim - 1)
+            term = np.where(ok.reshape(shape), a * (wi / total).reshape(shape), dtype(0))
+            combined = term if combined is None else combined + term
+    assert combined is not None
+    served = total > 0
+    combined = np.where(served.reshape((-1,) + (1,) * (combined.ndim - 1)), combined, dtype(np.nan))
+    if heads[0].task != "classification":
+        return {"prediction": combined}
+    assert heads[0].classes is not None
+    classes = class_array(heads[0].classes)
+    label = classes[np.argmax(np.where(np.isnan(combined), 0, combined), axis=1)]
+    missing: Any = class_array((spec.missing_label,))[0]  # type: ignore[arg-type]
+    label = np.where(served, label, missing).astype(classes.dtype)
+    return {"label": label, "probabilities": combined}
+
+
+def gate_rows(heads: list[Head], rows: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Rows with the NaN patterns gate must handle: none, each model's columns, all columns, one column."""
+    rng = np.random.default_rng(seed)
+    out = rows.astype(np.float64).copy()
+    patterns = len(heads) + 3
+    for i in range(len(out)):
+        pattern = i % patterns
+        if 1 <= pattern <= len(heads):
+            out[i, list(heads[pattern - 1].columns)] = np.nan
+        elif pattern == len(heads) + 1:
+            out[i, :] = np.nan
+        elif pattern == len(heads) + 2:
+            out[i, rng.integers(out.shape[1])] = np.nan
+    return out.astype(rows.dtype)
+
+
+# ---------------------------------------------------------------------------- stack
+
+
+def stack_task(heads: list[Head], source: Source) -> tuple[str, int]:
+    """The stack's task and K (1 for regressors); regressors must give one value per row."""
+    task = task_of(heads, "stack", source)
+    if task == "classification":
+        return task, len(check_same_classes(heads, source))
+    shape = check_same_shapes(heads, source)
+    if shape is not None and len(shape) > 1 and (len(shape) > 2 or shape[1] != 1):
+        raise incompatible(source, f"stack fits one value per row, and the regressors give {_show(shape)}",
+                           'use kind = "mean" for multi-output regressors')
+    return task, 1
+
+
+def build_stack(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source, prepared: Prepared) -> None:
+    """features -> (features - mean) / scale -> MatMul + Add (-> Softmax); or `mean` when that won."""
+    model = prepared.stack
+    assert model is not None, "the stack is fitted before the graph is built"
+    task, k = stack_task(heads, source)
+    dtype = promoted_type(heads)
+    np_type = NUMPY_TYPES[dtype]
+    shape = check_same_shapes(heads, source)
+    ps = [cast(b, h.tensor, h.elem_type, dtype, h.model) for h in heads]
+    if not model.learned:
+        out = b.node("Div", [b.node("Sum", ps, "sum"), b.const(np.array(len(ps), np_type), "count")], "mean")
+    else:
+        assert model.mean is not None and model.scale is not None and model.coef is not None
+        assert model.intercept is not None
+        if task == "classification":
+            mean = b.node("Div", [b.node("Sum", ps, "sum"), b.const(np.array(len(ps), np_type), "count")], "mean")
+            floor = b.node("Max", [mean, b.const(np.array(EPS, np_type), "eps")], "mean_clipped")
+            blocks = [b.node("Log", [floor], "log_mean"), *ps]
+        else:
+            blocks = [b.reshape(p, [-1, 1], f"{h.model}.column") for p, h in zip(ps, heads, strict=True)]
+        if model.passthrough:
+            picked = b.node("Gather", [b.input_name, b.const(np.array(model.passthrough, np.int64), "passthrough")],
+                            "passthrough_columns", axis=1)
+            blocks.append(cast(b, picked, b.input_type, dtype, "passthrough"))
+        x = b.node("Concat", blocks, "stack_features", axis=1)
+        z = b.node("Div", [b.node("Sub", [x, b.const(model.mean.astype(np_type), "stack_mean")], "centred"),
+                           b.const(model.scale.astype(np_type), "stack_scale")], "standardised")
+        out = b.node("Add", [b.node("MatMul", [z, b.const(model.coef.astype(np_type), "stack_coef")], "stack_matmul"),
+                             b.const(model.intercept.astype(np_type), "stack_intercept")], "stack_logits")
+        if task == "classification":
+            out = b.node("Softmax", [out], "stack_probabilities", axis=1)
+        elif shape is not None and len(shape) == 1:
+            out = b.reshape(out, [-1], "stack_prediction")
+    if task == "classification":
+        emit_classifier_outputs(b, out, dtype, shape, check_same_classes(heads, source))
+    else:
+        b.output(b.rename(out, "prediction"), dtype, shape)
+
+
+def reference_stack(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray], rows: np.ndarray,
+                    prepared: Prepared) -> dict[str, np.ndarray]:
+    from .stacking import apply
+
+    model = prepared.stack
+    assert model is not None
+    dtype = NUMPY_TYPES[promoted_type(heads)]
+    if not model.learned:
+        out = mean_of([a.astype(dtype) for a in arrays])
+    else:
+        out = apply(model, arrays, rows, dtype)
+    if model.task == "classification":
+        assert heads[0].classes is not None
+        return {"label": class_array(heads[0].classes)[np.argmax(out, axis=1)], "probabilities": out}
+    return {"prediction": out.reshape(arrays[0].shape)}
+
+
+# ---------------------------------------------------------------------------- onnx: the user's own graph
+
+
+def read_user_graph(path: Path, mapping: FeatureMapping) -> UserGraph:
+    """Load `[combiner] path` safely; its inputs must be named after the models (or the merged input)."""
+    from .model_io import check_model, load_model
+
+    loaded = load_model(path)
+    model = loaded.proto
+    check_versions(loaded)
+    dedupe_opsets(model)
+    check_model(model, loaded.refs, path, full=False)
+    initializers = {t.name for t in model.graph.initializer}
+    names = [m.name for m in mapping.models]
+    inputs = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        info = tensor_info(vi)
+        if vi.name not in names and vi.name != mapping.input.name:
+            raise incompatible(path, f"the combiner's input {vi.name!r} is not a model's name",
+                               f"name its inputs after the models ({', '.join(names)}): each gets that model's output")
+        if info is None:
+            raise incompatible(path, f"the combiner's input {vi.name!r} is not a tensor")
+        inputs.append(info)
+    if not inputs:
+        raise bad_input(path, "the combiner graph has no inputs", f"give it inputs named {', '.join(names)}")
+    outputs = [tensor_info(o) for o in model.graph.output]
+    if not outputs or any(o is None for o in outputs):
+        raise incompatible(path, "the combiner graph must have tensor outputs only")
+    prefix = "combiner"
+    while prefix in names:  # "<model>/" prefixes the parts: never share one
+        prefix += "_"
+    spec = ModelSpec(name=prefix, path=path, routes=())
+    part = Part(spec, loaded, model, inputs, [o for o in outputs if o is not None], head=outputs[0],  # type: ignore[arg-type]
+                opset_from=default_opset(model))
+    return UserGraph(part, prefix)
+
+
+def build_onnx(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source, prepared: Prepared) -> None:
+    """Feed each model's head to the input named after it; the graph's outputs become the merged outputs."""
+    from onnx import helper
+
+    user = prepared.graph
+    assert user is not None
+    graph = user.part.model.graph
+    by_model = {h.model: h for h in heads}
+    p = f"{user.prefix}/"
+    names = _graph_names(graph)
+    for name in sorted(names):
+        if b.fresh(name) != name:
+            raise incompatible(user.part.source.path, f"the combiner's name {name!r} collides with the merged graph")
+    for info in user.part.inputs:
+        if info.name in by_model:
+            h = by_model[info.name]
+            fed = cast(b, h.tensor, h.elem_type, info.elem_type, f"combiner.{h.model}")
+            check_input_rank(info, h.shape, user.part.source.path, h.model)
+        else:
+            fed = cast(b, b.input_name, b.input_type, info.elem_type, "combiner.input")
+        b.graph.nodes.append(helper.make_node("Identity", [fed], [p + info.name],
+                                              name=b.fresh(f"combiner.feed.{info.name}")))
+    inputs = {p + i.name for i in user.part.inputs}
+    b.graph.nodes.extend(graph.node)
+    b.graph.initializers.extend(graph.initializer)
+    b.graph.sparse_initializers.extend(graph.sparse_initializer)
+    b.graph.value_info.extend(vi for vi in graph.input if vi.name in inputs)
+    b.graph.value_info.extend(graph.value_info)
+    b.graph.functions.extend(user.part.model.functions)
+    for out in user.part.outputs:  # read before prefixing: the public names
+        b.output(b.rename(p + out.name, out.name), out.elem_type, out.shape)
+
+
+def check_input_rank(info: TensorInfo, shape: Shape, path: Path, model: str) -> None:
+    if info.shape is not None and shape is not None and len(info.shape) != len(shape):
+        raise incompatible(path, f"the combiner's input {model!r} has rank {len(info.shape)}, "
+                           f"but {model} gives {_show(shape)}", "declare the input with the model's output shape")
+
+
+def _graph_names(graph: Any) -> set[str]:
+    names = {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(o for o in node.output if o)
+        if node.name:
+            names.add(node.name)
+    return names
+
+
+def reference_onnx(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray], rows: np.ndarray,
+                   prepared: Prepared) -> dict[str, np.ndarray]:
+    """The user's ORIGINAL combiner file run by onnxruntime on the parts' outputs."""
+    from .verify import NUMPY_OF, run_file
+
+    user = prepared.graph
+    assert user is not None
+    by_model = dict(zip((h.model for h in heads), arrays, strict=True))
+    feeds: dict[str, np.ndarray] = {}
+    for info in user.part.inputs:
+        value = by_model.get(info.name, rows)
+        feeds[info.name] = value.astype(NUMPY_OF.get(info.elem_type, np.float32))
+    return run_file(user.part.source.path, feeds, [o.name for o in user.part.outputs])
+
+
 # ---------------------------------------------------------------------------- registry
 
-Build = Callable[[CombinerSpec, list[Head], Builder, Source], None]
-# (spec, heads, each part's head output, the merged input rows) -> expected merged outputs
-Reference = Callable[[CombinerSpec, list[Head], list[np.ndarray], np.ndarray], dict[str, np.ndarray]]
+Build = Callable[[CombinerSpec, list[Head], Builder, Source, Prepared], None]
+# (spec, heads, each part's head output, the merged input rows, prepared) -> expected merged outputs
+Reference = Callable[[CombinerSpec, list[Head], list[np.ndarray], np.ndarray, Prepared], dict[str, np.ndarray]]
 
 COMBINERS: dict[str, tuple[Build, Reference]] = {
     **{kind: (build_elementwise, reference_elementwise) for kind in ELEMENTWISE},
     "concat": (build_concat, reference_concat),
+    "vote": (build_vote, reference_vote),
+    "gate": (build_gate, reference_gate),
+    "stack": (build_stack, reference_stack),
+    "onnx": (build_onnx, reference_onnx),
 }
 
 
-def build_combiner(mapping: FeatureMapping, heads: list[Head], fresh: Callable[[str], str], opset: int) -> CombinerGraph:
+def build_combiner(mapping: FeatureMapping, heads: list[Head], fresh: Callable[[str], str], opset: int,
+                   prepared: Prepared | None = None) -> CombinerGraph:
     spec = mapping.combiner
     if spec.kind not in COMBINERS:
         raise incompatible(mapping.source, f"combiner {spec.kind!r} is not available yet")
-    builder = Builder(fresh, opset)
-    COMBINERS[spec.kind][0](spec, heads, builder, mapping.source)
+    builder = Builder(fresh, opset, mapping.input.name, FLOAT if mapping.input.dtype == "float32" else DOUBLE)
+    COMBINERS[spec.kind][0](spec, heads, builder, mapping.source, prepared or Prepared())
     return builder.graph
 
 
-def reference(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+def reference(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray], rows: np.ndarray,
+              prepared: Prepared | None = None) -> dict[str, np.ndarray]:
     """The combiner's outputs computed in numpy from the parts' outputs (run separately)."""
-    return COMBINERS[spec.kind][1](spec, heads, arrays, rows)
+    return COMBINERS[spec.kind][1](spec, heads, arrays, rows, prepared or Prepared())

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
-from .combiners import Head, build_combiner, reference
+from .combiners import Head, Prepared, build_combiner, reference
 from .errors import ExitCode, MergeError, incompatible
 from .mapping import FeatureMapping, apply_overrides, canonical, canonical_json, load_mapping
 from .model_io import (
@@ -26,6 +26,8 @@ from .model_io import (
     write_model,
 )
 from .normalize import Part, Target, align_heads, check_batches, common_target, convert_part, read_part
+from .prepare import data_defaults, fit_combiner, part_rows, prepare_combiner, score_rows, verification_batches
+from .scores import ScoreTable
 from .splice import assemble, prefix_model, splice
 from .verify import (
     DEFAULT_ATOL,
@@ -74,6 +76,8 @@ class MergeResult:
     seconds: float
     stages: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    scores: ScoreTable | None = None  # --data rows with a target: each part and the merged model
+    stack: dict[str, Any] | None = None  # how the stack was fitted and its cross-validated scores
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +93,8 @@ class MergeResult:
             "seconds": round(self.seconds, 4),
             "stages": {k: round(v, 4) for k, v in self.stages.items()},
             "warnings": self.warnings,
+            "scores": self.scores.to_dict() if self.scores else None,
+            "stack": self.stack,
         }
 
 
@@ -107,9 +113,13 @@ def merge(
     opset: int | None = None,
     external_data: bool = False,
     progress: Progress | None = None,
+    data: str | Path | None = None,
+    target: str | None = None,
 ) -> MergeResult:
     """Merge the mapping's models into `out` and (unless verify_output=False) prove it with onnxruntime.
 
+    `data` (CSV or .npz) adds real rows to the verification and, with a `target` column (the one
+    non-input column by default), scores each part and the merged model on them.
     Raises MergeError (with its exit code) for every user-facing problem.
     """
     start = time.perf_counter()
@@ -120,19 +130,23 @@ def merge(
         raise MergeError(ExitCode.USAGE, None, f"--rows must be at least 1, not {rows}")
 
     with step("read mapping"):
-        spec = apply_overrides(load_mapping(Path(mapping)), [Path(m) for m in models], combiner,
-                               list(weights) if weights is not None else None)
-        check_output_path(out, input_files(spec))
+        spec = apply_overrides(data_defaults(load_mapping(Path(mapping)), data, target), [Path(m) for m in models],
+                               combiner, list(weights) if weights is not None else None)
+        check_output_path(out, input_files(spec) + ([Path(data)] if data is not None else []))
     with step("load"):
         loaded = [load_model(m.path) for m in spec.models]
         check_output_path(out, input_files(spec) + [f for m in loaded for f in m.data_files])
         parts = read_parts(spec, loaded, strict=verify_output)
         _, warnings = check_batches(parts, spec.source)
+        prepared, rows_data = prepare_combiner(spec, Path(data) if data is not None else None, target)
     with step("convert"):
-        target = convert_parts(parts, opset, spec)
+        common = convert_parts(parts, opset, spec, prepared)
+    if spec.combiner.kind == "stack":
+        with step("fit"):
+            prepared = fit_combiner(spec, parts, prepared, rows_data)
     with step("splice"):
-        model, heads = build_model(parts, spec, target, keep_outputs, out)
-        refs: Refs = {k: v for lm in loaded for k, v in lm.refs.items()}
+        model, heads = build_model(parts, spec, common, keep_outputs, out, prepared)
+        refs: Refs = {k: v for lm in loaded + prepared.sources() for k, v in lm.refs.items()}
         check_model(model, refs, out.name, full=True)
     external = external_data or model.ByteSize() + payload_bytes(model, refs) > PROTOBUF_LIMIT - EXTERNAL_MARGIN
     report = None
@@ -141,25 +155,32 @@ def merge(
             files = write_model(model, refs, tmp / out.name, external)
         if verify_output:
             with step("verify"):
-                report = verify_parts(files[0], parts, spec, heads, keep_outputs, rows, atol, rtol)
+                real = rows_data.features.astype(spec.input.dtype) if rows_data is not None else None
+                report = verify_parts(files[0], parts, spec, heads, keep_outputs, rows, atol, rtol, real, prepared)
             if not report.passed:
                 error = MergeError(ExitCode.VERIFY_FAILED, out, report.failure(),
                                    "nothing was written; raise --atol/--rtol if the difference is acceptable")
                 error.details = {"verification": report.to_dict()}
                 raise error
+        scores = None
+        if rows_data is not None and rows_data.target is not None:
+            with step("score"):
+                scores = score_rows(files[0], parts, heads, spec, rows_data)
         placed = commit(files, out)
     return MergeResult(
         output=out,
         files=placed,
-        models=[model_report(p, spec, target) for p in parts],
+        models=[model_report(p, spec, common) for p in parts],
         combiner=spec.combiner.kind,
         outputs=[_output_entry(o) for o in model.graph.output],
-        opsets=target.opsets,
-        ir_version=target.ir_version,
+        opsets=common.opsets,
+        ir_version=common.ir_version,
         verification=report,
         seconds=time.perf_counter() - start,
         stages=stages,
         warnings=warnings,
+        scores=scores,
+        stack=prepared.stack.to_dict(spec.input.columns) if prepared.stack else None,
     )
 
 
@@ -179,26 +200,35 @@ def read_parts(spec: FeatureMapping, loaded: list[LoadedModel], strict: bool = T
     return [read_part(m, lm, observe) for m, lm in zip(spec.models, loaded, strict=True)]
 
 
-def convert_parts(parts: list[Part], opset: int | None, spec: FeatureMapping) -> Target:
+def convert_parts(parts: list[Part], opset: int | None, spec: FeatureMapping,
+                  prepared: Prepared | None = None) -> Target:
     """Convert every part to the common opset and IR version, align the heads the combiner reads
-    (class order, [N, 2] for binary, [N, 1] for regressors), then prefix its names with `<model>/`."""
-    target = common_target(parts, opset, runtime_ir_cap())
-    for part in parts:
+    (class order, [N, 2] for binary, [N, 1] for regressors), then prefix its names with `<model>/`.
+    A user's combiner graph (kind = "onnx") is converted and prefixed the same way."""
+    extra = prepared.parts() if prepared else []
+    target = common_target(parts + extra, opset, runtime_ir_cap())
+    for part in parts + extra:
         convert_part(part, target)
     align_heads(parts, spec.combiner.kind, target.opsets[""], spec.source)
-    for part in parts:
+    for part in parts + extra:
         prefix_model(part.model, f"{part.name}/")
     return target
 
 
 def build_model(parts: list[Part], spec: FeatureMapping, target: Target, keep_outputs: bool,
-                out: Path) -> tuple[ModelProto, list[Head]]:
+                out: Path, prepared: Prepared | None = None) -> tuple[ModelProto, list[Head]]:
     """The merged ModelProto (weights still by reference) and the heads its combiner reads."""
     from onnx import helper
 
     spliced = splice(parts, spec)
     heads = [Head.of(p) for p in parts]
-    combined = build_combiner(spec, heads, spliced.fresh, target.opsets[""])
+    combined = build_combiner(spec, heads, spliced.fresh, target.opsets[""], prepared)
+    if combined.routes_read:  # gate: the parts read the input with NaN filled in
+        for node in spliced.nodes:
+            node.input[:] = [combined.routes_read if x == spec.input.name else x for x in node.input]
+    spliced.value_info.extend(combined.value_info)
+    spliced.sparse_initializers.extend(combined.sparse_initializers)
+    spliced.functions.extend(combined.functions)
     outputs = list(combined.outputs)
     if keep_outputs:
         for part in parts:
@@ -251,22 +281,21 @@ def provenance(spec: FeatureMapping, parts: list[Part], out: Path) -> dict[str, 
 
 
 def verify_parts(merged: Path, parts: list[Part], spec: FeatureMapping, heads: list[Head], keep_outputs: bool,
-                 rows: int, atol: float, rtol: float, data: np.ndarray | None = None) -> VerifyReport:
+                 rows: int, atol: float, rtol: float, data: np.ndarray | None = None,
+                 prepared: Prepared | None = None) -> VerifyReport:
     """Verify `merged` on `rows` seeded random rows (and the given real rows) against the parts + combiner."""
 
     def expected_of(outputs: list[dict[str, np.ndarray]], batch: np.ndarray) -> dict[str, np.ndarray]:
         arrays = [o[p.head.name] for p, o in zip(parts, outputs, strict=True)]
-        expected = reference(spec.combiner, heads, arrays, batch)
+        expected = reference(spec.combiner, heads, arrays, batch, prepared)
         if keep_outputs:
             for part, values in zip(parts, outputs, strict=True):
                 for name, value in values.items():
                     expected[f"{part.name}/{name}"] = value
         return expected
 
-    batches = [random_rows(rows, len(spec.input.columns), spec.input.dtype)]
-    if data is not None:
-        batches.append(data)
-    return verify(merged, parts, expected_of, batches, atol, rtol)
+    batches = verification_batches(spec, heads, random_rows(rows, len(spec.input.columns), spec.input.dtype), data)
+    return verify(merged, parts, expected_of, batches, atol, rtol, part_rows(spec))
 
 
 def model_report(part: Part, spec: FeatureMapping, target: Target) -> ModelReport:

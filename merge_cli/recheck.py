@@ -22,6 +22,7 @@ from .mapping import FeatureMapping, parse_mapping
 from .model_io import load_model, sha256_file
 from .normalize import default_opset
 from .pipeline import Stopwatch, build_model, convert_parts, read_parts, verify_parts
+from .prepare import fit_combiner, prepare_combiner
 from .verify import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, VerifyReport
 
 MAPPING_KEY = "merge_models.mapping"
@@ -108,17 +109,19 @@ def verify_merged(
 
             real_rows = read_rows(data, spec.input.columns, spec.input.dtype)
     with step("convert"):
-        target = convert_parts(parts, opset, spec)
+        prepared, _ = prepare_combiner(spec, None, None)  # the user's combiner graph
+        target = convert_parts(parts, opset, spec, prepared)
+        prepared = fit_combiner(spec, parts, prepared, None)  # the stack, refitted on its recorded data
     with step("splice"):
         keep_outputs = any(o.startswith(f"{p.name}/") for o in merged_outputs for p in parts)
-        model, heads = build_model(parts, spec, target, keep_outputs, merged)
+        model, heads = build_model(parts, spec, target, keep_outputs, merged, prepared)
         expected_outputs = [o.name for o in model.graph.output]
     if merged_outputs != expected_outputs:
         raise MergeError(ExitCode.VERIFY_FAILED, merged,
                          f"its outputs are {', '.join(merged_outputs)} but its sources and mapping give "
                          f"{', '.join(expected_outputs)}", "re-run `merge-models merge` to rebuild it")
     with step("verify"):
-        report = verify_parts(merged, parts, spec, heads, keep_outputs, rows, atol, rtol, real_rows)
+        report = verify_parts(merged, parts, spec, heads, keep_outputs, rows, atol, rtol, real_rows, prepared)
     return RecheckResult(merged, props.get(VERSION_KEY), spec, found, merged_outputs, data,
                          0 if real_rows is None else len(real_rows), report, time.perf_counter() - start)
 

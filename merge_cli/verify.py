@@ -235,6 +235,56 @@ def batch_size(parts: list[Part]) -> int | None:
     return min(sizes) if sizes else None
 
 
+def run_parts(parts: list[Part], rows: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Every ORIGINAL part file on all `rows` (for fitting a stack and for scores on real rows)."""
+    sessions = [part_session(p) for p in parts]
+    chunk = batch_size(parts)
+    return [_in_chunks(lambda piece, p=p, s=s: run_part(p, s, piece), rows, chunk)  # type: ignore[misc]
+            for p, s in zip(parts, sessions, strict=True)]
+
+
+def run_merged(path: Path, rows: np.ndarray, chunk: int | None = None) -> dict[str, np.ndarray]:
+    """The merged file on all `rows`."""
+    session = open_session(path, lambda m: MergeError(ExitCode.VERIFY_FAILED, path.name,
+                                                      f"onnxruntime cannot load the merged model: {m}"))
+    name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+
+    def run(piece: np.ndarray) -> dict[str, np.ndarray]:
+        try:
+            return dict(zip(outputs, session.run(outputs, {name: piece}), strict=True))
+        except Exception as e:
+            raise MergeError(ExitCode.VERIFY_FAILED, path.name,
+                             f"onnxruntime cannot run the merged model: {_first_line(e)}") from None
+
+    return _in_chunks(run, rows, chunk)
+
+
+def run_file(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """Any model file on the given feeds (the user's own combiner graph)."""
+    session = open_session(path, lambda m: bad_input(path, f"onnxruntime cannot load this model: {m}"))
+    try:
+        return dict(zip(outputs, (np.asarray(v) for v in session.run(outputs, feeds)), strict=True))
+    except Exception as e:
+        raise bad_input(path, f"onnxruntime cannot run this model: {_first_line(e)}") from None
+
+
+def _in_chunks(run: Callable[[np.ndarray], dict[str, np.ndarray]], rows: np.ndarray,
+               chunk: int | None) -> dict[str, np.ndarray]:
+    """Run in pieces of a fixed batch size (the last one padded with copies of its last row, then cut)."""
+    if not chunk:
+        return run(rows)
+    pieces = []
+    for lo in range(0, len(rows), chunk):
+        piece = rows[lo: lo + chunk]
+        short = chunk - len(piece)
+        if short:
+            piece = np.concatenate([piece, np.repeat(piece[-1:], short, axis=0)])
+        out = run(piece)
+        pieces.append({k: v[: chunk - short] for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+
+
 # ---------------------------------------------------------------------------- comparing
 
 
@@ -255,8 +305,10 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, atol: float, rtol: flo
             check.problem = f"{check.mismatches - check.near_ties} of {want.size} values differ"
         return check
     g, w = got.astype(np.float64), want.astype(np.float64)
-    rows_mask = finite_rows.reshape((-1,) + (1,) * (g.ndim - 1)) if g.ndim else finite_rows
-    rows_mask = np.broadcast_to(rows_mask, g.shape)
+    if g.ndim and g.shape[0] == len(finite_rows):
+        rows_mask = np.broadcast_to(finite_rows.reshape((-1,) + (1,) * (g.ndim - 1)), g.shape)
+    else:  # not one value per row (e.g. a scalar from a user's combiner graph): finite if every row is
+        rows_mask = np.full(g.shape, bool(finite_rows.all()))
     g_bad, w_bad = ~np.isfinite(g), ~np.isfinite(w)
     # Non-finite values never match on rows whose inputs were finite; elsewhere NaN must match NaN.
     check.nonfinite = int((g_bad & rows_mask).sum())
@@ -301,8 +353,12 @@ def verify(
     batches: list[np.ndarray],
     atol: float,
     rtol: float,
+    part_rows: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> VerifyReport:
-    """Run the merged file and each original file on every batch; compare with `expected_of(part outputs)`."""
+    """Run the merged file and each original file on every batch; compare with `expected_of(part outputs)`.
+
+    `part_rows` turns a batch into what the parts are fed (gate fills NaN cells before the parts run).
+    """
     start = time.perf_counter()
     merged_session = open_session(merged, lambda m: MergeError(
         ExitCode.VERIFY_FAILED, merged.name, f"onnxruntime cannot load the merged model: {m}"))
@@ -318,7 +374,8 @@ def verify(
             piece = rows[lo: lo + chunk] if chunk else rows
             if chunk and len(piece) < chunk:  # a fixed batch: fill the last piece up with rows already seen
                 piece = np.concatenate([piece, np.resize(rows, (chunk - len(piece), rows.shape[1]))])
-            part_outputs = [run_part(p, s, piece) for p, s in zip(parts, sessions, strict=True)]
+            fed = part_rows(piece) if part_rows else piece
+            part_outputs = [run_part(p, s, fed) for p, s in zip(parts, sessions, strict=True)]
             expected = expected_of(part_outputs, piece)
             try:
                 got = dict(zip(output_names, merged_session.run(output_names, {input_name: piece}), strict=True))

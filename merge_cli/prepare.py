@@ -1,0 +1,134 @@
+"""What combiners need around the graph: real rows, a stack fitted on them, the user's graph, scores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .combiners import Head, Prepared, gate_rows, read_user_graph, stack_task
+from .data import Rows, guess_target, read_data
+from .errors import bad_input, usage
+from .mapping import FeatureMapping
+from .normalize import Part
+from .scores import Predictions, ScoreTable, class_indices, score_table
+from .stacking import StackModel, fit_stack
+
+
+def data_defaults(mapping: FeatureMapping, data: str | Path | None, target: str | None) -> FeatureMapping:
+    """--data/--target stand in for [combiner] data/target where the file gives none (e.g. --combiner stack)."""
+    if data is None:
+        if target is not None:
+            raise usage(None, "--target names a column of --data; give --data too")
+        return mapping
+    comb = mapping.combiner
+    if comb.data is None:
+        comb = replace(comb, data=Path(data), target=comb.target or target or guess_target(Path(data), mapping.input))
+    return replace(mapping, combiner=comb)
+
+
+def prepare_combiner(spec: FeatureMapping, data: Path | None, target: str | None) -> tuple[Prepared, Rows | None]:
+    """Before conversion: the --data rows, and the user's combiner graph (converted with the parts)."""
+    rows = None
+    if data is not None:
+        stack_data = spec.combiner.data is not None and _same_file(spec.combiner.data, data)
+        rows = read_data(data, spec.input, target or (spec.combiner.target if stack_data else None))
+    if spec.combiner.kind == "onnx":
+        assert spec.combiner.path is not None
+        return Prepared(graph=read_user_graph(spec.combiner.path, spec)), rows
+    return Prepared(), rows
+
+
+def fit_combiner(spec: FeatureMapping, parts: list[Part], prepared: Prepared, rows: Rows | None) -> Prepared:
+    """After conversion (the parts' heads aligned): fit the stack on its data."""
+    comb = spec.combiner
+    if comb.kind != "stack":
+        return prepared
+    assert comb.data is not None and comb.target is not None
+    if rows is None or not _same_file(comb.data, rows.path) or rows.target_name != comb.target:
+        rows = read_data(comb.data, spec.input, comb.target)
+    return replace(prepared, stack=fit(spec, parts, rows))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def fit(spec: FeatureMapping, parts: list[Part], rows: Rows) -> StackModel:
+    """Run the original parts on the rows in onnxruntime, then fit the stack in numpy."""
+    from .verify import run_parts
+
+    heads = [Head.of(p) for p in parts]
+    task, k = stack_task(heads, spec.source)
+    if rows.target is None:
+        raise bad_input(rows.path, f"no target column {spec.combiner.target!r}")
+    x = rows.features.astype(spec.input.dtype)
+    outputs = [o[p.head.name] for p, o in zip(parts, run_parts(parts, x), strict=True)]
+    if task == "classification":
+        assert heads[0].classes is not None
+        y = class_indices(rows.target, heads[0].classes, rows.path)
+        usable = y >= 0
+    else:
+        if rows.target.dtype == object:
+            raise bad_input(rows.path, f"target {rows.target_name!r} holds text; the regressors need numbers")
+        y = rows.target.astype(np.float64)
+        usable = np.isfinite(y)
+    folds = spec.combiner.folds
+    if usable.sum() < 2 * folds:
+        raise bad_input(rows.path, f"{int(usable.sum())} rows with a target; stack needs at least {2 * folds} "
+                        f"for {folds}-fold cross-validation", "give more rows, or fewer folds (folds = ...)")
+    keep = np.flatnonzero(usable)
+    return fit_stack(task, [o[keep] for o in outputs], x[keep].astype(np.float64), y[keep],  # type: ignore[arg-type]
+                     [p.name for p in parts], spec.combiner.passthrough, spec.combiner.alpha, folds, k)
+
+
+def verification_batches(spec: FeatureMapping, heads: list[Head], random: np.ndarray,
+                         data: np.ndarray | None) -> list[np.ndarray]:
+    """Random rows; for gate also those rows with every NaN pattern; and the real rows."""
+    batches = [random]
+    if spec.combiner.kind == "gate":
+        batches.append(gate_rows(heads, random))
+    if data is not None:
+        batches.append(data)
+    return batches
+
+
+def part_rows(spec: FeatureMapping) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What the parts are fed: gate fills NaN cells with 0 before they run, as its graph does."""
+    if spec.combiner.kind != "gate":
+        return None
+    return lambda rows: np.where(np.isnan(rows), rows.dtype.type(0), rows)
+
+
+def score_rows(merged: Path, parts: list[Part], heads: list[Head], spec: FeatureMapping,
+               rows: Rows) -> ScoreTable | None:
+    """Each part alone and the merged model on the --data rows (None when the task has no common score)."""
+    from .verify import run_merged, run_parts
+
+    assert rows.target is not None and rows.target_name is not None
+    tasks = {h.task for h in heads}
+    if len(tasks) != 1:
+        return None
+    task = tasks.pop()
+    classes = heads[0].classes
+    if task == "classification" and any(h.classes != classes for h in heads):
+        return None
+    x = rows.features.astype(spec.input.dtype)
+    models = []
+    for part, out in zip(parts, run_parts(parts, x), strict=True):
+        labels = out.get(part.label.name) if part.label is not None else None
+        models.append(Predictions(part.name, out[part.head.name], labels))
+    merged_out = run_merged(merged, x)
+    if task == "classification" and "probabilities" in merged_out:
+        models.append(Predictions("merged", merged_out["probabilities"], merged_out.get("label")))
+    elif task == "regression" and "prediction" in merged_out and merged_out["prediction"].size == len(x):
+        models.append(Predictions("merged", merged_out["prediction"]))
+    comb = spec.combiner
+    in_sample = comb.kind == "stack" and comb.data is not None and _same_file(comb.data, rows.path)
+    return score_table(rows.path, rows.target_name, rows.target, task, classes, models, in_sample)
+
