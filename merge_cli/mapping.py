@@ -353,7 +353,7 @@ class _Validator:
             out = replace(out, path=self.path(doc["path"], "combiner.path"))
         if "target" in doc:
             out = replace(out, target=self.string(doc, "combiner.target", doc["target"]))
-        if "passthrough" in doc:
+        if doc.get("passthrough", []) != []:  # [] (as the canonical mapping records it) means none
             out = replace(out, passthrough=self.columns(doc["passthrough"], "combiner.passthrough", spec))
         if "alpha" in doc:
             out = replace(out, alpha=self.number(doc["alpha"], "combiner.alpha", 0.0))

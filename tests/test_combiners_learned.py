@@ -363,6 +363,10 @@ def test_stack_from_the_command_line_on_npz_rows(cli, wine: Job, tmp_path: Path)
     assert "in-sample" in result.stdout  # scores on the rows the stack was fitted on are labelled as such
     provenance = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert '"kind":"stack"' in provenance["merge_models.mapping"]
+    later = cli("verify", out, "--json")  # the stack is refitted on the recorded rows: the same weights
+    assert later.code == 0 and later.json["verification"]["passed"] is True
+    np.savez(data, X=wine.X[wine.test], y=wine.y[wine.test])  # other rows: another fit, which the file is not
+    assert cli("verify", out).code == 1
 
 
 def test_stack_embeds_the_fit_as_matmul_add_softmax(cli, wine: Job) -> None:
@@ -461,6 +465,8 @@ def test_onnx_combiner_is_converted_prefixed_and_verified(cli, wine: Job) -> Non
     want = 0.5 * wine.head("a", X) + 0.3 * wine.head("b", X) + 0.2 * wine.head("c", X)
     np.testing.assert_allclose(got["probabilities"], want, atol=1e-6)
     np.testing.assert_array_equal(got["label"], np.argmax(got["probabilities"], axis=1))
+    later = cli("verify", out, "--json")  # rebuilt from provenance: the combiner file is read again
+    assert later.code == 0 and later.json["verification"]["passed"] is True
 
 
 def test_onnx_combiner_prefix_never_collides_with_a_model_named_combiner(cli, wine: Job, tmp_path: Path) -> None:
@@ -583,3 +589,47 @@ def test_roc_auc_and_ranks_agree_with_sklearn_with_ties() -> None:
     assert roc_auc(positive, score) == pytest.approx(roc_auc_score(positive, score), rel=1e-12)
     np.testing.assert_array_equal(average_ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
     assert roc_auc(np.ones(5, bool), score[:5]) is None
+
+
+# ---------------------------------------------------------------------------- converter fixtures, and `verify` later
+
+
+FIXTURE_SETS = {
+    # [N, 1] sigmoid (torch) widened to [N, 2], XGBoost with reversed columns, skl2onnx ZipMap at opset 7
+    "cancer": ("cancer_torch_classic", "cancer_xgb_reversed", "cancer_lr_zipmap"),
+    # torch softmax with classes in the order 2, 0, 1 (aligned by label), GradientBoosting ZipMap, LightGBM
+    "wine": ("wine_torch_dynamo", "wine_gb_reversed", "wine_lgbm"),
+    # torch [N] next to XGBoost and GradientBoosting [N, 1]
+    "diabetes": ("diabetes_torch_dynamo", "diabetes_xgb_reversed", "diabetes_gbr"),
+}
+
+
+def fixture_mapping(tmp_path: Path, dataset: str, combiner: dict[str, Any]) -> Path:
+    from make_fixtures import FIXTURES, HERE, load
+
+    X, y, names = load(dataset)
+    with open(tmp_path / "rows.csv", "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow([*names, "y"])
+        writer.writerows([*map(repr, map(float, row)), value] for row, value in zip(X, y, strict=True))
+    models = {}
+    for i, name in enumerate(FIXTURE_SETS[dataset]):
+        fixture = FIXTURES[name]
+        models[f"m{i}"] = {"path": str(HERE / f"{name}.onnx"), "columns": [names[c] for c in fixture.columns],
+                           **dict(fixture.mapping)}
+    return write_mapping(tmp_path / "map.toml", {"input": {"columns": names}, "models": models,
+                                                 "combiner": combiner})
+
+
+@pytest.mark.parametrize(("dataset", "kind"), [(d, k) for d in ("cancer", "wine", "diabetes")
+                                                for k in ("vote", "gate", "stack") if (d, k) != ("diabetes", "vote")])
+def test_new_combiners_on_converter_output_verify_now_and_later(cli, tmp_path: Path, dataset: str, kind: str) -> None:
+    combiner = {"kind": kind} | ({"data": "rows.csv", "target": "y", "folds": 3} if kind == "stack" else {})
+    mapping = fixture_mapping(tmp_path, dataset, combiner)
+    out = tmp_path / "merged.onnx"
+    doc = merge_json(cli, mapping, out, "--data", tmp_path / "rows.csv")
+    assert [m["model"] for m in doc["scores"]["models"]] == ["m0", "m1", "m2", "merged"]
+    assert doc["scores"]["models"][-1]["rows"] == doc["scores"]["rows"]
+    later = cli("verify", out, "--data", tmp_path / "rows.csv", "--json")
+    assert later.code == 0, later.stderr
+    assert later.json["verification"]["passed"] is True
