@@ -525,8 +525,7 @@ def _print_scores(console: Console, doc: dict[str, Any]) -> None:
         _print_rows(console, ["model", "rows", *names],
                     [[m["model"], str(m["rows"]), *(_metric(m.get(n)) for n in names)] for m in scores["models"]])
         if scores["in_sample"]:
-            console.print("[yellow]in-sample:[/yellow] the stack was fitted on these rows; "
-                          "its cross-validated scores above are the honest ones")
+            console.print("[yellow]in-sample:[/yellow] the stack was fitted on these rows (see its cross-validation)")
 
 
 def _metric(value: float | None) -> str:

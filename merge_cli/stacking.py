@@ -48,10 +48,8 @@ class StackModel:
     """
 
     task: Task
-    names: tuple[str, ...]  # the parts, in mapping order
-    classes: int  # K (1 for a regressor)
     passthrough: tuple[int, ...]  # merged-input columns appended to the features
-    chosen: str  # "stack", "mean" or the part it reproduces
+    chosen: str  # "stack" (the learned fit) or "mean"
     alpha: float | None  # the L2 strength of the learned fit
     folds: int
     rows: int  # rows the fit used
@@ -270,51 +268,49 @@ def fit_stack(task: Task, outputs: list[np.ndarray], rows: np.ndarray, y: np.nda
     x_all = features(task, outputs, rows, passthrough)
     keep = np.isfinite(x_all).all(axis=1) & np.isfinite(y.astype(np.float64))  # the parts' outputs are in x
     x, y = x_all[keep], y[keep]
-    parts = [o.astype(np.float64).reshape(len(rows), -1)[keep] for o in outputs]
-    n, d = x.shape
-    m = len(outputs)
+    parts = [o.astype(np.float64).reshape(len(rows), -1)[keep] for o in outputs]  # [N, K] or [N, 1]
+    n = len(x)
     folds = min(folds, n)
-    w_mean = mean_prior(task, m, k, d)
-    alphas = (alpha,) if alpha is not None else ALPHAS
-
-    # out-of-fold outputs of the learned fit for every alpha, warm-started from strong to weak penalties
+    w_mean = mean_prior(task, len(outputs), k, x.shape[1])
     cv = np.random.default_rng(0).permutation(n)[:CV_ROWS] if n > CV_ROWS else np.arange(n)
-    xc, yc = x[cv], y[cv]
-    repeats = REPEATS if len(cv) * d * k <= 2_000_000 else 1
-    losses = {a: 0.0 for a in alphas}
-    oofs: list[dict[float, np.ndarray]] = []
-    for r in range(repeats):
-        ids = fold_ids(yc if task == "classification" else None, len(cv), folds, seed=r)
-        oof = {a: np.zeros((len(cv), k)) for a in alphas}
-        for f in range(folds):
-            train, test = ids != f, ids == f
-            start = None
-            for a in sorted(alphas, reverse=True):
-                mean, scale, coef, intercept = fit_one(task, xc[train], yc[train], k, a, w_mean, start)
-                start = (coef, intercept)
-                oof[a][test] = predict(task, xc[test], mean, scale, coef, intercept)
-        for a in alphas:
-            losses[a] += float(loss(task, oof[a], yc).mean()) / repeats
-        oofs.append(oof)
-    best_alpha = min(alphas, key=lambda a: (losses[a], -a))  # ties go to the stronger penalty
-    stack_scores = [score(task, yc, oof[best_alpha], k) for oof in oofs]
-    averaged = {key: None if any(s[key] is None for s in stack_scores)
-                else float(np.mean([s[key] for s in stack_scores])) for key in stack_scores[0]}
-
-    def as_output(p: np.ndarray) -> np.ndarray:
-        return p if task == "classification" else p.reshape(-1, 1)
-
+    best_alpha, stack = cross_validate(task, x[cv], y[cv], k, (alpha,) if alpha is not None else ALPHAS,
+                                       folds, w_mean)
     fixed = {"mean": mean_of(parts), **dict(zip(names, parts, strict=True))}
-    candidates = [Candidate("stack", losses[best_alpha], averaged)]
-    candidates += [Candidate(name, float(loss(task, as_output(out[cv]), yc).mean()),
-                             score(task, yc, as_output(out[cv]), k)) for name, out in fixed.items()]
+    candidates = [stack] + [Candidate(name, float(loss(task, out[cv], y[cv]).mean()), score(task, y[cv], out[cv], k))
+                            for name, out in fixed.items()]
     # the parts are reported, not chosen: picking one part by its CV score is a noisy bet that drops
     # what the others know, and it lost to `mean` on held-out rows more often than it won
-    best = candidates[0] if alpha is not None or candidates[0].loss < candidates[1].loss else candidates[1]
-    common = dict(task=task, names=tuple(names), classes=k, passthrough=passthrough, chosen=best.name,
-                  folds=folds, rows=n, dropped=int((~keep).sum()), candidates=tuple(candidates))
+    best = stack if alpha is not None or stack.loss < candidates[1].loss else candidates[1]
+    common = dict(task=task, passthrough=passthrough, chosen=best.name, folds=folds, rows=n,
+                  dropped=int((~keep).sum()), candidates=tuple(candidates))
     if best.name == "stack":
         mean, scale, coef, intercept = fit_one(task, x, y, k, best_alpha, w_mean)
         return StackModel(**common, alpha=best_alpha, mean=mean, scale=scale, coef=coef,  # type: ignore[arg-type]
                           intercept=intercept)
     return StackModel(**common, alpha=None)  # type: ignore[arg-type]
+
+
+def cross_validate(task: Task, x: np.ndarray, y: np.ndarray, k: int, alphas: tuple[float, ...], folds: int,
+                   w_mean: np.ndarray) -> tuple[float, Candidate]:
+    """The alpha with the lowest out-of-fold loss (repeated k-fold), and the learned fit's scores at it."""
+    repeats = REPEATS if x.size * k <= 2_000_000 else 1
+    losses = dict.fromkeys(alphas, 0.0)
+    oofs: list[dict[float, np.ndarray]] = []
+    for r in range(repeats):
+        ids = fold_ids(y if task == "classification" else None, len(x), folds, seed=r)
+        oof = {a: np.zeros((len(x), k)) for a in alphas}
+        for f in range(folds):
+            train, test = ids != f, ids == f
+            start = None
+            for a in sorted(alphas, reverse=True):  # warm starts, from the strongest penalty down
+                mean, scale, coef, intercept = fit_one(task, x[train], y[train], k, a, w_mean, start)
+                start = (coef, intercept)
+                oof[a][test] = predict(task, x[test], mean, scale, coef, intercept)
+        for a in alphas:
+            losses[a] += float(loss(task, oof[a], y).mean()) / repeats
+        oofs.append(oof)
+    best = min(alphas, key=lambda a: (losses[a], -a))  # ties go to the stronger penalty
+    runs = [score(task, y, oof[best], k) for oof in oofs]
+    scores = {key: None if any(r[key] is None for r in runs) else float(np.mean([r[key] for r in runs]))
+              for key in runs[0]}
+    return best, Candidate("stack", losses[best], scores)
