@@ -20,7 +20,7 @@ install: $(STAMP) ## create/refresh the virtualenv in .venv with the package and
 
 demo: install ## merge the two sample models, verify, and run the merged model on held-out rows
 	@mkdir -p build
-	$(BIN)/merge-models merge --map samples/features.toml --out build/merged.onnx
+	$(BIN)/merge-models merge --map samples/features.toml --out build/merged.onnx --data samples/rows.csv
 	$(BIN)/python samples/predict.py build/merged.onnx samples/rows.csv
 
 test: install ## run the whole test suite
