@@ -18,6 +18,7 @@ import typer
 
 from . import __version__
 from .errors import ExitCode, MergeError
+from .quiet import quiet_libraries
 
 try:  # typer >= 0.20 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
@@ -255,7 +256,8 @@ def _sources(pairs: list[str]) -> dict[str, Path]:
 def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> None:
     """Run a command body: one error line (plus hint) per failure, the documented exit code, JSON if asked."""
     try:
-        doc = job()
+        with quiet_libraries(keep_stdout=not json_output, replay=debug):
+            doc = job()
     except MergeError as e:
         _fail(e.line(), e.hint, int(e.code), json_output, e.to_dict(), e.details)
     except KeyboardInterrupt:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,10 +20,19 @@ from .errors import bad_input, cannot_write
 from .wire import PROTOBUF_LIMIT, REF_PREFIX, ByteRange, Refs, WireError, read_range, read_skeleton, ref_of
 
 if TYPE_CHECKING:
-    from onnx import GraphProto, ModelProto, TensorProto
+    from google.protobuf.message import Message
+    from onnx import ModelProto, TensorProto
 
 _EXTERNAL = 1
-_FIXED_SIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2}
+# bytes per element of the fixed-size types (onnx TensorProto.DataType), for checking payload sizes
+_FIXED_SIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2,
+               17: 1, 18: 1, 19: 1, 20: 1, 24: 1}
+# typed field and entries per element, for the types whose typed field holds one entry per element (or two)
+_TYPED_FIELD = {1: ("float_data", 1), 11: ("double_data", 1), 7: ("int64_data", 1), 12: ("uint64_data", 1),
+                13: ("uint64_data", 1), 8: ("string_data", 1), 14: ("float_data", 2), 15: ("double_data", 2),
+                **{t: ("int32_data", 1) for t in (2, 3, 4, 5, 6, 9, 10, 16)}}
+_ORT_MEMORY_TAG = "*/_ORT_MEM_ADDR_/*"  # onnxruntime reads such "external data" from a memory address
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass
@@ -42,18 +54,20 @@ def load_model(path: Path) -> LoadedModel:
     from google.protobuf.message import DecodeError
     from onnx import ModelProto
 
-    if not path.exists():
-        raise bad_input(path, "no such file")
-    if path.is_dir():
-        raise bad_input(path, "is a directory, not an ONNX model file")
     try:
-        size = path.stat().st_size
+        st = path.stat()
+    except FileNotFoundError:
+        raise bad_input(path, "no such file") from None
     except OSError as e:
-        raise bad_input(path, f"cannot read: {e.strerror}") from None
-    if size == 0:
+        raise bad_input(path, f"cannot read: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise bad_input(path, "is a directory, not an ONNX model file")
+    if not stat.S_ISREG(st.st_mode):
+        raise bad_input(path, "is not a regular file (a pipe or device?), not an ONNX model file")
+    if st.st_size == 0:
         raise bad_input(path, "is empty (0 bytes), not an ONNX model")
-    if size > PROTOBUF_LIMIT:
-        raise bad_input(path, f"is {size / 2**30:.1f} GiB; one protobuf file cannot exceed 2 GiB",
+    if st.st_size > PROTOBUF_LIMIT:  # checked before reading: protobuf cannot hold it, so it is not one model file
+        raise bad_input(path, f"is {st.st_size / 2**30:.1f} GiB; one protobuf file cannot exceed 2 GiB",
                         "save the model with external data (onnx.save(..., save_as_external_data=True))")
     refs: Refs = {}
     try:
@@ -66,24 +80,59 @@ def load_model(path: Path) -> LoadedModel:
     try:
         model.ParseFromString(skeleton)
     except (DecodeError, RecursionError, ValueError) as e:
-        reason = str(e) or "protobuf could not parse it"
-        raise bad_input(path, f"not an ONNX model: {reason}") from None
+        raise bad_input(path, f"not an ONNX model: {_decode_problem(e)}") from None
     if not model.HasField("graph"):
-        raise bad_input(path, "has no graph: not an ONNX ModelProto",
+        raise bad_input(path, "not an ONNX model: it has no graph (a GraphProto or another message?)",
                         "pass the .onnx file that onnx.save wrote (a ModelProto)")
+    where = invalid_utf8(model)
+    if where is not None:
+        raise bad_input(path, f"not an ONNX model: {where} is not valid UTF-8",
+                        "names and other strings in an ONNX model must be UTF-8")
     data_files = resolve_external_data(model, path, refs)
     check_tensor_sizes(model, refs, path)
     return LoadedModel(path, model, refs, data_files)
+
+
+def _decode_problem(e: Exception) -> str:
+    """protobuf's parse errors, in words: upb reports the depth limit by its option's name."""
+    text = str(e)
+    if isinstance(e, RecursionError) or "MaxDepth" in text:
+        return "messages are nested too deeply for protobuf to parse (more than 100 levels)"
+    return "the bytes are not a valid protobuf message" if "corrupt" in text or not text else text
+
+
+def invalid_utf8(message: Message) -> str | None:
+    """Where a string field holds invalid UTF-8 (protobuf then hands back bytes), e.g. 'graph.node[0].name'."""
+    stack: list[tuple[Message, str]] = [(message, "")]
+    while stack:
+        msg, where = stack.pop()
+        for fd, value in msg.ListFields():
+            if fd.type == fd.TYPE_STRING:
+                items = value if fd.is_repeated else [value]
+                for i, item in enumerate(items):
+                    if not isinstance(item, str):
+                        return f"{where}{fd.name}" + (f"[{i}]" if fd.is_repeated else "")
+            elif fd.type == fd.TYPE_MESSAGE:
+                if fd.is_repeated:
+                    stack.extend((m, f"{where}{fd.name}[{i}].") for i, m in enumerate(value))
+                else:
+                    stack.append((value, f"{where}{fd.name}."))
+    return None
 
 
 # ---------------------------------------------------------------------------- external data
 
 
 def resolve_external_data(model: ModelProto, path: Path, refs: Refs) -> list[Path]:
-    """Turn each external-data tensor into a reference (main graph) or inline bytes (elsewhere), safely."""
+    """Turn each external-data tensor into a reference (main graph) or inline bytes (elsewhere), safely.
+
+    Every tensor is checked, wherever it is: onnx's own loader skips sparse tensors, but onnxruntime
+    reads them when verification runs the original file.
+    """
+    # The model's folder, absolute and resolved: never "" (onnx 1.23 skips its symlink guard for an empty base).
     base = Path(os.path.abspath(path)).parent.resolve()
     files: dict[Path, None] = {}
-    for tensor, top_level in iter_tensors(model):
+    for tensor, top_level in list(iter_tensors(model)):
         if tensor.data_location != _EXTERNAL or ref_of(tensor, refs) is not None:
             continue
         ref = external_range(tensor, base, path)
@@ -96,7 +145,10 @@ def resolve_external_data(model: ModelProto, path: Path, refs: Refs) -> list[Pat
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
         else:
-            tensor.raw_data = read_range(ref)
+            try:
+                tensor.raw_data = read_range(ref)
+            except OSError as e:
+                raise bad_input(path, f"tensor {tensor.name!r}: cannot read its external data: {e}") from None
             del tensor.external_data[:]
             tensor.ClearField("data_location")
     return list(files)
@@ -104,21 +156,28 @@ def resolve_external_data(model: ModelProto, path: Path, refs: Refs) -> list[Pat
 
 def external_range(tensor: TensorProto, base: Path, model_path: Path) -> ByteRange:
     """Where an external tensor's bytes are; refuse locations that escape the model's folder."""
-    info = {e.key: e.value for e in tensor.external_data}
     name = tensor.name or "(unnamed)"
+    info: dict[str, str] = {}
+    for entry in tensor.external_data:
+        if entry.key in info:
+            raise bad_input(model_path, f"tensor {name!r}: external data key {entry.key!r} is given twice")
+        info[entry.key] = entry.value
     location = info.get("location", "")
 
-    def refuse(problem: str) -> Exception:
-        return bad_input(model_path, f"tensor {name!r}: external data location {location!r} {problem}",
-                         "keep external data files as plain files inside the model's folder")
+    def refuse(problem: str, hint: str = "keep external data files as plain files inside the model's folder") -> Exception:
+        return bad_input(model_path, f"tensor {name!r}: external data location {location!r} {problem}", hint)
 
     if not location:
         raise refuse("is empty")
+    if location.startswith(_ORT_MEMORY_TAG):
+        raise refuse("is onnxruntime's in-memory address tag, not a file")
     if "\0" in location:
         raise refuse("contains a NUL byte")
-    parts = PurePosixPath(location.replace("\\", "/"))
-    if parts.is_absolute() or location[1:3] in (":\\", ":/"):
+    parts = PurePosixPath(location)
+    if parts.is_absolute() or location.startswith("\\") or re.match(r"[A-Za-z]:", location):
         raise refuse("is absolute")
+    if "\\" in location:  # onnxruntime on POSIX would open another file than the one checked here
+        raise refuse("contains a backslash", "use '/' between folder names in external data locations")
     if ".." in parts.parts:
         raise refuse("contains '..'")
     current = base
@@ -138,79 +197,76 @@ def external_range(tensor: TensorProto, base: Path, model_path: Path) -> ByteRan
     real = current.resolve()
     if not real.is_relative_to(base):
         raise refuse("resolves outside the model's folder")
-    try:
-        offset = int(info.get("offset", "0"))
-        length = int(info["length"]) if "length" in info else st.st_size - offset
-    except ValueError:
-        raise bad_input(model_path, f"tensor {name!r}: external data offset/length are not integers") from None
-    if offset < 0 or length < 0 or offset + length > st.st_size:
+    offset_text, length_text = info.get("offset", "0"), info.get("length")
+    if not _DIGITS.fullmatch(offset_text) or (length_text is not None and not _DIGITS.fullmatch(length_text)):
+        raise bad_input(model_path, f"tensor {name!r}: external data offset {offset_text!r} and length "
+                        f"{length_text!r} must be non-negative integers")
+    offset = int(offset_text)
+    length = int(length_text) if length_text is not None else st.st_size - offset
+    if length < 0 or offset + length > st.st_size:
         raise bad_input(model_path, f"tensor {name!r}: external data offset {offset} + length {length} "
                         f"is outside {location!r} ({st.st_size} bytes)")
     return ByteRange(str(real), offset, length)
 
 
 def iter_tensors(model: ModelProto) -> Iterator[tuple[TensorProto, bool]]:
-    """Every TensorProto in the model, with True for the main graph's (dense) initializers."""
+    """Every TensorProto anywhere in the model, with True for the main graph's (dense) initializers.
+
+    A generic walk, so tensors where few look (sparse initializers, sparse Constant values, function
+    attribute defaults, training_info graphs) are found too.
+    """
+    from onnx import TensorProto
+
     yield from ((t, True) for t in model.graph.initializer)
-    yield from _graph_tensors(model.graph, skip_initializers=True)
-    for function in model.functions:
-        for node in function.node:
-            yield from _node_tensors(node)
-
-
-def _graph_tensors(graph: GraphProto, skip_initializers: bool = False) -> Iterator[tuple[TensorProto, bool]]:
-    if not skip_initializers:
-        yield from ((t, False) for t in graph.initializer)
-    for sparse in graph.sparse_initializer:
-        yield sparse.values, False
-        yield sparse.indices, False
-    for node in graph.node:
-        yield from _node_tensors(node)
-
-
-def _node_tensors(node: object) -> Iterator[tuple[TensorProto, bool]]:
-    for attr in node.attribute:  # type: ignore[attr-defined]
-        if attr.HasField("t"):
-            yield attr.t, False
-        yield from ((t, False) for t in attr.tensors)
-        for sparse in (*([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []), *attr.sparse_tensors):
-            yield sparse.values, False
-            yield sparse.indices, False
-        if attr.HasField("g"):
-            yield from _graph_tensors(attr.g)
-        for g in attr.graphs:
-            yield from _graph_tensors(g)
+    stack: list[tuple[Message, bool]] = [(model, False)]
+    while stack:
+        msg, main_graph = stack.pop()
+        if isinstance(msg, TensorProto):
+            yield msg, False
+            continue
+        for fd, value in msg.ListFields():
+            if fd.type != fd.TYPE_MESSAGE or (main_graph and fd.name == "initializer"):
+                continue
+            if fd.is_repeated:
+                stack.extend((m, False) for m in value)
+            else:
+                stack.append((value, msg is model and fd.name == "graph"))
 
 
 def check_tensor_sizes(model: ModelProto, refs: Refs, path: Path) -> None:
-    """Initializer data must be exactly as large as its dims say (guards huge dims with no data)."""
-    for tensor in model.graph.initializer:
-        itemsize = _FIXED_SIZE.get(tensor.data_type)
-        if itemsize is None:
-            continue
+    """Tensor data must be exactly as large as its dims say (guards huge dims with little or no data)."""
+    for tensor, _ in iter_tensors(model):
+        if tensor.HasField("segment"):
+            continue  # a piece of a chunked tensor: its dims are the whole tensor's
         count = 1
         for d in tensor.dims:
             if d < 0:
-                raise bad_input(path, f"initializer {tensor.name!r} has a negative dimension {d}")
+                raise bad_input(path, f"tensor {tensor.name!r} has a negative dimension {d}")
             count *= d
+        dims = list(tensor.dims)
         ref = ref_of(tensor, refs)
-        if ref is not None:
-            have = ref.length
-        elif tensor.HasField("raw_data"):
-            have = len(tensor.raw_data)
-        else:
-            continue  # typed fields: the checker compares their counts
-        want = count * itemsize
-        if have != want:
-            raise bad_input(path, f"initializer {tensor.name!r}: dims {list(tensor.dims)} need {want} bytes "
-                            f"but the data has {have}")
+        if ref is not None or tensor.HasField("raw_data"):
+            have = ref.length if ref is not None else len(tensor.raw_data)
+            itemsize = _FIXED_SIZE.get(tensor.data_type)
+            if itemsize is not None and have != count * itemsize:
+                raise bad_input(path, f"tensor {tensor.name!r}: dims {dims} need {count * itemsize} bytes "
+                                f"but its data has {have}")
+            continue
+        typed = _TYPED_FIELD.get(tensor.data_type)
+        if typed is None:
+            continue  # the rarer types: onnx.checker compares their counts
+        field_name, per_element = typed
+        have = len(getattr(tensor, field_name))
+        if have != count * per_element:
+            raise bad_input(path, f"tensor {tensor.name!r}: dims {dims} need {count * per_element} values "
+                            f"but its data has {have}")
 
 
 # ---------------------------------------------------------------------------- checking
 
 
 def check_model(model: ModelProto, refs: Refs, file: Path | str | None, full: bool = False) -> None:
-    """Run onnx.checker on a skeleton: referenced weights point at one empty placeholder file."""
+    """Run onnx.checker on a skeleton, by path: referenced weights point at one empty placeholder file."""
     from onnx import ModelProto, checker
 
     copy = ModelProto()
@@ -226,7 +282,7 @@ def check_model(model: ModelProto, refs: Refs, file: Path | str | None, full: bo
         model_path.write_bytes(copy.SerializeToString())
         try:
             checker.check_model(str(model_path), full_check=full)
-        except (checker.ValidationError, Exception) as e:  # onnx raises several types here
+        except Exception as e:  # onnx raises ValidationError, InferenceError, RuntimeError...
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise bad_input(file, f"fails onnx.checker: {message}") from None
 
@@ -272,31 +328,58 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 @contextmanager
-def staging_dir(out: Path) -> Iterator[Path]:
-    """A private directory beside `out` for the files being written; removed whatever happens."""
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt.
+
+    For the few steps that must not be cut in half: creating and removing the staging directory,
+    and renaming the output's files into place.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as e:
-        raise cannot_write(out, f"cannot create a temporary file in {str(out.parent)!r}: {e.strerror}") from None
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A private directory beside `out` for the files being written; removed whatever happens (Ctrl-C too)."""
+    with interrupts_deferred():
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        except OSError as e:
+            raise cannot_write(out, f"cannot create a temporary file in {str(out.parent)!r}: {e.strerror}") from None
     try:
         yield tmp
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with interrupts_deferred():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool) -> list[Path]:
-    """Write model (and its data file when external) into the staging dir; return the files written."""
+    """Write model (and its data file when external) into the staging dir; return the files written.
+
+    The files are always new (the staging dir is fresh), so a stale data file is replaced at commit,
+    never appended to.
+    """
     from .wire import write_single_file, write_with_external_data
 
     files = [staged]
     try:
         if external:
             data = data_path(staged)
-            with open(staged, "wb") as f, open(data, "wb") as d:
+            with open(staged, "xb") as f, open(data, "xb") as d:
                 write_with_external_data(model, refs, f, d, data.name)
             files.append(data)
         else:
-            with open(staged, "wb") as f:
+            with open(staged, "xb") as f:
                 write_single_file(model, refs, f)
     except OSError as e:
         raise cannot_write(staged.parent.parent / staged.name, f"cannot write: {e.strerror or e}") from None
@@ -304,13 +387,18 @@ def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool) -> 
 
 
 def commit(files: list[Path], out: Path) -> list[Path]:
-    """Rename staged files into place, data file first so the model never points at a missing file."""
-    placed = []
-    for f in reversed(files):
-        target = out.parent / f.name
-        try:
-            os.replace(f, target)
-        except OSError as e:
-            raise cannot_write(target, f"cannot move into place: {e.strerror}") from None
-        placed.append(target)
-    return list(reversed(placed))
+    """Rename staged files into place, data file first so the model never points at a missing file.
+
+    Every target is checked before anything moves, and Ctrl-C waits until all are in place.
+    """
+    targets = [out.parent / f.name for f in files]
+    for target in targets:
+        if target.is_dir() and not target.is_symlink():
+            raise cannot_write(target, "is a directory", f"remove it or choose another --out than {out.name!r}")
+    with interrupts_deferred():
+        for staged, target in reversed(list(zip(files, targets, strict=True))):
+            try:
+                os.replace(staged, target)
+            except OSError as e:
+                raise cannot_write(target, f"cannot move into place: {e.strerror}") from None
+    return targets

@@ -360,9 +360,10 @@ def verify(
     `part_rows` turns a batch into what the parts are fed (gate fills NaN cells before the parts run).
     """
     start = time.perf_counter()
+    # The originals first: one that onnxruntime cannot load is a bad input, not a failed merge.
+    sessions = [part_session(p) for p in parts]
     merged_session = open_session(merged, lambda m: MergeError(
         ExitCode.VERIFY_FAILED, merged.name, f"onnxruntime cannot load the merged model: {m}"))
-    sessions = [part_session(p) for p in parts]
     input_name = merged_session.get_inputs()[0].name
     output_names = [o.name for o in merged_session.get_outputs()]
     declared = {o.name: o.shape for o in merged_session.get_outputs()}

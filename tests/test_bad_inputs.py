@@ -1,0 +1,103 @@
+"""Every bad input in tests/bad_inputs.py, through the real CLI: one error line, the documented code, nothing touched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+from bad_inputs import CASES, Case
+
+from merge_cli.cli import main
+from merge_cli.errors import ExitCode
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under root with what it is: file contents' sha256, link target, or 'dir'/'fifo'."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                what = "link -> " + os.readlink(path)
+            elif stat.S_ISDIR(st.st_mode):
+                what = "dir"
+            elif stat.S_ISFIFO(st.st_mode):
+                what = "fifo"
+            elif st.st_size > 2**31:
+                what = f"{st.st_size} bytes, {st.st_blocks} blocks"  # the sparse >2 GiB file: never read it here
+            else:
+                what = hashlib.sha256(path.read_bytes()).hexdigest()
+            out[str(path.relative_to(root))] = f"{what} mode={stat.S_IMODE(st.st_mode):o} mtime={st.st_mtime_ns}"
+    return out
+
+
+def run_case(case: Case, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+             *flags: str) -> tuple[int, str, str, Path]:
+    work = tmp_path / "case"
+    work.mkdir()
+    temp = tmp_path / "tmp"  # the process's temporary directory: must be empty again afterwards
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    args = case.build(work)
+    before = snapshot(work)
+    capfd.readouterr()
+    code = main([*args, *flags])
+    out, err = capfd.readouterr()
+    assert snapshot(work) == before, "inputs changed, or an output or temporary file was left behind"
+    assert list(temp.iterdir()) == []
+    return code, out, err, work
+
+
+def check_error(case: Case, work: Path, code: int, err: str) -> str:
+    assert code == case.code, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert 1 <= len(lines) <= 2, f"expected one error line (and a hint), got:\n{err}"
+    line = lines[0]
+    if case.file:
+        prefix = f"error: {work / case.file}: "
+        assert line.startswith(prefix), f"the error line should name {prefix!r}: {line}"
+    else:
+        assert line.startswith("error: ")
+    assert case.problem.lower() in line.lower(), line
+    if case.hint:
+        assert len(lines) == 2 and lines[1].startswith("hint: ") and len(lines[1]) > len("hint: ") + 5, err
+    else:
+        assert len(lines) == 1 or lines[1].startswith("hint: "), err
+    return line
+
+
+def test_enough_cases_with_unique_names() -> None:
+    names = [c.name for c in CASES]
+    assert len(names) >= 40
+    assert len(set(names)) == len(names)
+    assert {c.code for c in CASES} >= {ExitCode.USAGE, ExitCode.BAD_INPUT, ExitCode.INCOMPATIBLE,
+                                      ExitCode.CANNOT_WRITE, ExitCode.VERIFY_FAILED}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bad_input(case: Case, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err, work = run_case(case, tmp_path, capfd, monkeypatch)
+    check_error(case, work, code, err)
+    assert out == ""
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_bad_input_json(case: Case, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --json: the same error line on stderr, and stdout is exactly one JSON document saying so."""
+    code, out, err, work = run_case(case, tmp_path, capfd, monkeypatch, "--json")
+    line = check_error(case, work, code, err)
+    doc = json.loads(out)
+    assert doc["status"] == "error"
+    assert doc["error"]["code"] == int(case.code)
+    assert line.endswith(doc["error"]["message"])
+    if case.file:
+        assert doc["error"]["file"] == str(work / case.file)
