@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from . import __version__
-from .errors import ExitCode, MergeError
+from .errors import ExitCode, MergeError, one_line
 from .quiet import quiet_libraries
 
 try:  # typer >= 0.20 vendors click as typer._click
@@ -281,9 +281,9 @@ def _fail(line: str, hint: str | None, code: int, json_output: bool, error: dict
         error = {"code": code, "kind": ExitCode(code).name.lower(), "file": None,
                  "message": line.removeprefix("error: "), "hint": hint, **error}
         _print_json({"status": "error", "error": error, **(details or {})})
-    print(line, file=sys.stderr)
+    print(one_line(line), file=sys.stderr)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr)
+        print(f"hint: {one_line(hint)}", file=sys.stderr)
     sys.stderr.flush()
     raise typer.Exit(code)
 
@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         if "--json" in args:
             _print_json({"status": "error", "error": {"code": int(ExitCode.USAGE), "kind": "usage", "file": None,
                                                       "message": e.format_message(), "hint": hint}})
-        print(f"error: {e.format_message()}", file=sys.stderr)
+        print(f"error: {one_line(e.format_message())}", file=sys.stderr)
         print(f"hint: {hint}", file=sys.stderr)
         return int(ExitCode.USAGE)
     except click_exceptions.ClickException as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,16 @@ class ExitCode(IntEnum):
     INTERNAL = 70
 
 
+def one_line(text: str) -> str:
+    """Text from inputs (keys, names, paths) made safe for one line: control characters, line and
+    paragraph separators (str.splitlines splits on \\x1c-\\x1e and \\u2028 too) and terminal escapes
+    are shown as escapes instead."""
+    if text.isprintable():
+        return text
+    return "".join(c if c == " " or unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")
+                   else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text)
+
+
 class MergeError(Exception):
     """A user error: printed as one `error: <file>: <problem>` line (plus a hint), never a traceback."""
 
@@ -30,9 +41,10 @@ class MergeError(Exception):
         message: str,
         hint: str | None = None,
     ) -> None:
+        message, hint = one_line(message), one_line(hint) if hint is not None else None
         super().__init__(message)
         self.code = code
-        self.file = str(file) if file is not None else None
+        self.file = one_line(str(file)) if file is not None else None
         self.message = message
         self.hint = hint
         self.details: dict[str, Any] = {}  # extra keys for the --json error document (e.g. the verification)

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .errors import bad_input, cannot_write
-from .wire import PROTOBUF_LIMIT, REF_PREFIX, ByteRange, Refs, WireError, read_range, read_skeleton, ref_of
+from .wire import PROTOBUF_LIMIT, ByteRange, Refs, WireError, new_token, read_range, read_skeleton, ref_of
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -33,6 +33,7 @@ _TYPED_FIELD = {1: ("float_data", 1), 11: ("double_data", 1), 7: ("int64_data", 
                 **{t: ("int32_data", 1) for t in (2, 3, 4, 5, 6, 9, 10, 16)}}
 _ORT_MEMORY_TAG = "*/_ORT_MEM_ADDR_/*"  # onnxruntime reads such "external data" from a memory address
 _DIGITS = re.compile(r"[0-9]{1,19}")
+_ELEMENT_TYPE_FIELDS = ("elem_type", "data_type", "key_type")  # int32 fields holding a TensorProto.DataType
 
 
 @dataclass
@@ -84,10 +85,7 @@ def load_model(path: Path) -> LoadedModel:
     if not model.HasField("graph"):
         raise bad_input(path, "not an ONNX model: it has no graph (a GraphProto or another message?)",
                         "pass the .onnx file that onnx.save wrote (a ModelProto)")
-    where = invalid_utf8(model)
-    if where is not None:
-        raise bad_input(path, f"not an ONNX model: {where} is not valid UTF-8",
-                        "names and other strings in an ONNX model must be UTF-8")
+    check_fields(model, path)
     data_files = resolve_external_data(model, path, refs)
     check_tensor_sizes(model, refs, path)
     return LoadedModel(path, model, refs, data_files)
@@ -101,23 +99,33 @@ def _decode_problem(e: Exception) -> str:
     return "the bytes are not a valid protobuf message" if "corrupt" in text or not text else text
 
 
-def invalid_utf8(message: Message) -> str | None:
-    """Where a string field holds invalid UTF-8 (protobuf then hands back bytes), e.g. 'graph.node[0].name'."""
-    stack: list[tuple[Message, str]] = [(message, "")]
+def check_fields(model: ModelProto, path: Path) -> None:
+    """Refuse what protobuf parses but code reading the model cannot handle.
+
+    A string field holding invalid UTF-8 comes back from protobuf as bytes; an element type is a
+    plain int32 in onnx.proto, so an unknown one (say 29) passes protobuf and onnx.checker alike.
+    """
+    import onnx
+
+    known = set(onnx.TensorProto.DataType.values())
+    stack: list[tuple[Message, str]] = [(model, "")]
     while stack:
         msg, where = stack.pop()
         for fd, value in msg.ListFields():
             if fd.type == fd.TYPE_STRING:
-                items = value if fd.is_repeated else [value]
-                for i, item in enumerate(items):
+                for i, item in enumerate(value if fd.is_repeated else [value]):
                     if not isinstance(item, str):
-                        return f"{where}{fd.name}" + (f"[{i}]" if fd.is_repeated else "")
+                        field_name = f"{where}{fd.name}" + (f"[{i}]" if fd.is_repeated else "")
+                        raise bad_input(path, f"not an ONNX model: {field_name} is not valid UTF-8",
+                                        "names and other strings in an ONNX model must be UTF-8")
+            elif fd.name in _ELEMENT_TYPE_FIELDS and fd.type == fd.TYPE_INT32 and value not in known:
+                raise bad_input(path, f"{where}{fd.name}: unknown element type {value}",
+                                f"onnx {onnx.__version__} knows element types 0 to {max(known)}")
             elif fd.type == fd.TYPE_MESSAGE:
                 if fd.is_repeated:
                     stack.extend((m, f"{where}{fd.name}[{i}].") for i, m in enumerate(value))
                 else:
                     stack.append((value, f"{where}{fd.name}."))
-    return None
 
 
 # ---------------------------------------------------------------------------- external data
@@ -138,7 +146,7 @@ def resolve_external_data(model: ModelProto, path: Path, refs: Refs) -> list[Pat
         ref = external_range(tensor, base, path)
         files[Path(ref.path)] = None
         if top_level:
-            token = f"{REF_PREFIX}ext:{len(refs)}"
+            token = new_token()  # unique across models: their refs end up in one dict
             refs[token] = ref
             del tensor.external_data[:]
             for key, value in (("location", token), ("length", str(ref.length))):
@@ -351,16 +359,19 @@ def interrupts_deferred() -> Iterator[None]:
 @contextmanager
 def staging_dir(out: Path) -> Iterator[Path]:
     """A private directory beside `out` for the files being written; removed whatever happens (Ctrl-C too)."""
-    with interrupts_deferred():
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        except OSError as e:
-            raise cannot_write(out, f"cannot create a temporary file in {str(out.parent)!r}: {e.strerror}") from None
+    tmp: Path | None = None
     try:
+        with interrupts_deferred():  # a Ctrl-C held here is raised with tmp set, so the finally removes it
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+            except OSError as e:
+                raise cannot_write(out, f"cannot create a temporary file in {str(out.parent)!r}: "
+                                   f"{e.strerror}") from None
         yield tmp
     finally:
-        with interrupts_deferred():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            with interrupts_deferred():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool) -> list[Path]:
@@ -377,10 +388,13 @@ def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool) -> 
             data = data_path(staged)
             with open(staged, "xb") as f, open(data, "xb") as d:
                 write_with_external_data(model, refs, f, d, data.name)
+                os.fsync(d.fileno())  # on disk before the rename, so a crash never leaves a named empty file
+                os.fsync(f.fileno())
             files.append(data)
         else:
             with open(staged, "xb") as f:
                 write_single_file(model, refs, f)
+                os.fsync(f.fileno())
     except OSError as e:
         raise cannot_write(staged.parent.parent / staged.name, f"cannot write: {e.strerror or e}") from None
     return files

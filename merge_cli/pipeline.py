@@ -147,7 +147,7 @@ def merge(
     with step("splice"):
         model, heads = build_model(parts, spec, common, keep_outputs, out, prepared)
         refs: Refs = {k: v for lm in loaded + prepared.sources() for k, v in lm.refs.items()}
-        check_model(model, refs, out.name, full=True)
+        check_model(model, refs, out, full=True)
     external = external_data or model.ByteSize() + payload_bytes(model, refs) > PROTOBUF_LIMIT - EXTERNAL_MARGIN
     report = None
     with staging_dir(out) as tmp:
@@ -156,7 +156,11 @@ def merge(
         if verify_output:
             with step("verify"):
                 real = rows_data.features.astype(spec.input.dtype) if rows_data is not None else None
-                report = verify_parts(files[0], parts, spec, heads, keep_outputs, rows, atol, rtol, real, prepared)
+                try:
+                    report = verify_parts(files[0], parts, spec, heads, keep_outputs, rows, atol, rtol, real, prepared)
+                except MergeError as e:  # name the output as the user gave it, not the staged copy
+                    e.file = str(out) if e.code == ExitCode.VERIFY_FAILED else e.file
+                    raise
             if not report.passed:
                 error = MergeError(ExitCode.VERIFY_FAILED, out, report.failure(),
                                    "nothing was written; raise --atol/--rtol if the difference is acceptable")

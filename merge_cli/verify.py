@@ -6,6 +6,7 @@ This is the only module that imports onnxruntime.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,10 @@ from .normalize import PROBE_ROWS, Observed, Part
 
 if TYPE_CHECKING:
     import onnxruntime
+
+# onnxruntime >= 1.29 on Linux starts a telemetry uploader at import that leaves $TMPDIR/.ses behind
+# on every run; this variable (read at import, before any onnxruntime import here) turns it all off.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 NUMPY_OF = {1: np.float32, 11: np.float64, 10: np.float16, 6: np.int32, 7: np.int64, 9: np.bool_, 8: np.object_}
 ONNX_OF = {"f4": 1, "f8": 11, "f2": 10, "i4": 6, "i8": 7, "b1": 9, "O8": 8}  # numpy kind + itemsize -> onnx type

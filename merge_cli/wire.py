@@ -120,6 +120,9 @@ class _Scanner:
 
     def tensor(self, start: int, end: int) -> bytearray:
         fields = list(self.fields(start, end))
+        if any(number in (_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION) for number, *_ in fields):
+            # Already external (or claims to be): keep it whole, so its location is vetted like any other.
+            return bytearray(self.buf[start:end])
         data_type = 0
         for number, wire_type, _, value_start, _ in fields:
             if number == _TENSOR_DATA_TYPE and wire_type == 0:
@@ -141,10 +144,15 @@ class _Scanner:
             if i != payload:
                 out += self.buf[field_start:value_end]
         _, _, _, value_start, value_end = fields[payload]
-        token = f"{REF_PREFIX}{next(_tokens)}"
+        token = new_token()
         self.refs[token] = ByteRange(self.path, value_start, value_end - value_start)
         out += external_fields(token, 0, value_end - value_start)
         return out
+
+
+def new_token() -> str:
+    """A location token unique in this process: refs of several models are merged into one dict."""
+    return f"{REF_PREFIX}{next(_tokens)}"
 
 
 def _read_varint(buf: mmap.mmap | bytes, pos: int, end: int) -> tuple[int, int]:

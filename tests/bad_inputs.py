@@ -304,6 +304,15 @@ def unknown_op_in_a_custom_domain(d: Path) -> list[str]:
     return two_regressors(d, a=model)
 
 
+@case(ExitCode.BAD_INPUT, "a.onnx", "onnxruntime cannot load this model")
+def op_newer_than_onnxruntime_implements(d: Path) -> list[str]:
+    """onnx 1.23 knows Swish at opset 28; onnxruntime 1.32 has no kernel for it: onnx accepts what cannot run."""
+    model = make_regressor(opset=28, ir=13)
+    model.graph.node[0].output[0] = "pre"
+    model.graph.node.insert(1, helper.make_node("Swish", ["pre"], ["flat"], name="swish"))
+    return two_regressors(d, a=model)
+
+
 @case(ExitCode.BAD_INPUT, "a.onnx", "onnxruntime cannot run this model")
 def model_fails_when_run(d: Path) -> list[str]:
     """Loads, but its Reshape fails on 16 rows: onnxruntime also logs that from C++ straight to fd 2."""
@@ -337,6 +346,21 @@ def _huge(model: onnx.ModelProto, keep: str) -> onnx.ModelProto:
         w.ClearField("raw_data")
         w.float_data[:] = [0.5, 0.5]
     return model
+
+
+@case(ExitCode.BAD_INPUT, "a.onnx", "unknown element type 29", hint=True)
+def unknown_element_type_of_an_input(d: Path) -> list[str]:
+    """elem_type is a plain int32: protobuf and onnx.checker both let 29 through (found by test_fuzz.py)."""
+    model = make_regressor()
+    model.graph.input[0].type.tensor_type.elem_type = 29
+    return two_regressors(d, a=model)
+
+
+@case(ExitCode.BAD_INPUT, "a.onnx", "unknown element type 99", hint=True)
+def unknown_element_type_of_a_weight(d: Path) -> list[str]:
+    model = make_regressor()
+    model.graph.initializer[0].data_type = 99
+    return two_regressors(d, a=model)
 
 
 @case(ExitCode.BAD_INPUT, "a.onnx", "'W'")
@@ -674,6 +698,17 @@ CASES.append(Case("external_location_is_the_folder", _location("."), ExitCode.BA
                   "not a regular file", hint=True))
 CASES.append(Case("external_missing_file", _location("nowhere.bin"), ExitCode.BAD_INPUT, "a.onnx", "does not exist",
                   hint=True))
+
+
+@case(ExitCode.BAD_INPUT, "a.onnx", "is absolute", hint=True)
+def inline_weights_that_also_claim_an_external_location(d: Path) -> list[str]:
+    """raw_data and an external location at once: onnxruntime would read the location, so it is vetted."""
+    model = make_mlp()
+    w1 = model.graph.initializer[0]
+    entry = w1.external_data.add()
+    entry.key, entry.value = "location", "/etc/hostname"
+    w1.data_location = TensorProto.EXTERNAL
+    return with_a(d, lambda p: save(model, p))
 
 
 @case(ExitCode.BAD_INPUT, "a.onnx", "symbolic link", hint=True)
