@@ -111,7 +111,10 @@ def read_document(path: Path) -> dict[str, Any]:
         size = path.stat().st_size
         if size > MAX_MAPPING_BYTES:
             raise bad_input(path, f"mapping file is {size} bytes; more than {MAX_MAPPING_BYTES} is refused")
-        raw = path.read_bytes()
+        with open(path, "rb") as f:  # capped: a pipe or /dev/zero has no size to check first
+            raw = f.read(MAX_MAPPING_BYTES + 1)
+        if len(raw) > MAX_MAPPING_BYTES:
+            raise bad_input(path, f"mapping file is over {MAX_MAPPING_BYTES} bytes; more is refused")
     except OSError as e:
         raise bad_input(path, f"cannot read mapping file: {e.strerror or e}") from None
     if raw.startswith(b"\xef\xbb\xbf"):

@@ -312,6 +312,9 @@ def check_output_path(out: Path, inputs: list[Path]) -> None:
         raise cannot_write(out, f"{str(parent)!r} is not a directory")
     if out.is_dir():
         raise cannot_write(out, "is a directory", "give a file name, e.g. --out merged.onnx")
+    if len(os.fsencode(data_path(out).name)) > _name_max(parent):
+        raise cannot_write(out, "the file name is too long (with '.data' added for external data)",
+                           "choose a shorter --out")
     data = data_path(out)
     for candidate in (out, data):
         for inp in inputs:
@@ -319,6 +322,13 @@ def check_output_path(out: Path, inputs: list[Path]) -> None:
                 raise cannot_write(out, f"would overwrite the input {str(inp)!r}", "choose another --out")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise cannot_write(out, f"directory {str(parent)!r} is not writable")
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def data_path(out: Path) -> Path:
@@ -363,7 +373,7 @@ def staging_dir(out: Path) -> Iterator[Path]:
     try:
         with interrupts_deferred():  # a Ctrl-C held here is raised with tmp set, so the finally removes it
             try:
-                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:64]}.", suffix=".tmp", dir=out.parent))
             except OSError as e:
                 raise cannot_write(out, f"cannot create a temporary file in {str(out.parent)!r}: "
                                    f"{e.strerror}") from None

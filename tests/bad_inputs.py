@@ -595,6 +595,15 @@ def missing_mapping(d: Path) -> list[str]:
     return merge_args(d)
 
 
+@case(ExitCode.BAD_INPUT, "map.toml", "over 16777216 bytes")
+def mapping_is_dev_zero(d: Path) -> list[str]:
+    """A device has no size to check first: reading must stop anyway."""
+    two_regressors(d)
+    (d / "map.toml").unlink()
+    (d / "map.toml").symlink_to("/dev/zero")
+    return merge_args(d)
+
+
 @case(ExitCode.BAD_INPUT, "map.toml", "directory")
 def mapping_is_a_directory(d: Path) -> list[str]:
     (d / "map.toml").mkdir()
@@ -621,6 +630,12 @@ def output_is_a_directory(d: Path) -> list[str]:
     two_regressors(d)
     (d / "out").mkdir()
     return merge_args(d, out="out")
+
+
+@case(ExitCode.CANNOT_WRITE, "m" * 250 + ".onnx", "too long", hint=True)
+def output_name_too_long_for_its_data_file(d: Path) -> list[str]:
+    two_regressors(d)
+    return merge_args(d, out="m" * 250 + ".onnx")
 
 
 @case(ExitCode.CANNOT_WRITE, "a.onnx", "would overwrite the input", hint=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -10,8 +11,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from bad_inputs import CASES, Case
+from bad_inputs import CASES, Case, two_regressors
 
+from merge_cli import wire
 from merge_cli.cli import main
 from merge_cli.errors import ExitCode
 
@@ -101,3 +103,17 @@ def test_bad_input_json(case: Case, tmp_path: Path, capfd: pytest.CaptureFixture
     assert line.endswith(doc["error"]["message"])
     if case.file:
         assert doc["error"]["file"] == str(work / case.file)
+
+
+@pytest.mark.parametrize(("writer", "flags"), [("write_single_file", []), ("write_with_external_data",
+                                                                             ["--external-data"])])
+def test_disk_full_while_writing_is_exit_5_and_leaves_nothing(writer: str, flags: list[str], tmp_path: Path,
+                                                              capfd: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(wire, writer, disk_full)
+    full = Case("disk_full", two_regressors, ExitCode.CANNOT_WRITE, "merged.onnx", "No space left on device")
+    code, out, err, work = run_case(full, tmp_path, capfd, monkeypatch, *flags)
+    check_error(full, work, code, err)
