@@ -7,6 +7,7 @@ Commands import the library (and with it onnx, onnxruntime and numpy) only when 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -17,8 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from . import __version__
-from .errors import ExitCode, MergeError, one_line
-from .quiet import quiet_libraries
+from .errors import ExitCode, MergeError, caused_by_interrupt, one_line
+from .process import interrupts_deferred, quiet_libraries
 
 try:  # typer >= 0.20 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
@@ -256,14 +257,18 @@ def _sources(pairs: list[str]) -> dict[str, Path]:
 def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> None:
     """Run a command body: one error line (plus hint) per failure, the documented exit code, JSON if asked."""
     try:
+        with interrupts_deferred():  # numpy, onnx, onnxruntime: C extensions must not be cut mid-import
+            from .verify import import_runtime
+
+            import_runtime()
         with quiet_libraries(keep_stdout=not json_output, replay=debug):
             doc = job()
     except MergeError as e:
         _fail(e.line(), e.hint, int(e.code), json_output, e.to_dict(), e.details)
-    except KeyboardInterrupt:
-        _fail("error: interrupted", None, int(ExitCode.INTERRUPTED), json_output,
-              {"code": int(ExitCode.INTERRUPTED), "kind": "interrupted", "message": "interrupted"})
-    except Exception as e:  # a bug: one line, the traceback only with --debug
+    except (KeyboardInterrupt, Exception) as e:  # a bug: one line, the traceback only with --debug
+        if caused_by_interrupt(e):  # Ctrl-C; inside a C extension's import it comes back as ImportError
+            _fail("error: interrupted", None, int(ExitCode.INTERRUPTED), json_output,
+                  {"code": int(ExitCode.INTERRUPTED), "kind": "interrupted", "message": "interrupted"})
         if debug:
             traceback.print_exc()
         message = f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
@@ -580,4 +585,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    # The work is done: a Ctrl-C while the interpreter shuts down must not turn this exit code into a kill.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

@@ -77,3 +77,15 @@ def cannot_write(file: str | Path | None, message: str, hint: str | None = None)
 
 def usage(file: str | Path | None, message: str, hint: str | None = None) -> MergeError:
     return MergeError(ExitCode.USAGE, file, message, hint)
+
+
+def caused_by_interrupt(error: BaseException | None) -> bool:
+    """Whether Ctrl-C is behind an exception: in a C extension's import (pybind11's onnx and onnxruntime
+    are imported lazily) it surfaces as ImportError("initialization failed") raised from it."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False

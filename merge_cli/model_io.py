@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
-import signal
 import stat
 import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .errors import bad_input, cannot_write
+from .process import interrupts_deferred
 from .wire import PROTOBUF_LIMIT, ByteRange, Refs, WireError, new_token, read_range, read_skeleton, ref_of
 
 if TYPE_CHECKING:
@@ -284,7 +284,7 @@ def check_model(model: ModelProto, refs: Refs, file: Path | str | None, full: bo
             for entry in tensor.external_data:
                 if entry.key == "location":
                     entry.value = "placeholder.data"
-    with tempfile.TemporaryDirectory(prefix="merge-models-check-") as tmp:
+    with scratch_dir(None, "merge-models-check-") as tmp:
         (Path(tmp) / "placeholder.data").touch()
         model_path = Path(tmp) / "model.onnx"
         model_path.write_bytes(copy.SerializeToString())
@@ -346,42 +346,30 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 @contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt.
-
-    For the few steps that must not be cut in half: creating and removing the staging directory,
-    and renaming the output's files into place.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
-
-
-@contextmanager
-def staging_dir(out: Path) -> Iterator[Path]:
-    """A private directory beside `out` for the files being written; removed whatever happens (Ctrl-C too)."""
+def scratch_dir(parent: Path | None, prefix: str, suffix: str = "",
+                on_error: Callable[[OSError], Exception] | None = None) -> Iterator[Path]:
+    """A private directory, removed whatever happens: Ctrl-C while it is made or removed too
+    (tempfile.TemporaryDirectory leaks it when the interrupt lands inside mkdtemp or rmtree)."""
     tmp: Path | None = None
     try:
         with interrupts_deferred():  # a Ctrl-C held here is raised with tmp set, so the finally removes it
             try:
-                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:64]}.", suffix=".tmp", dir=out.parent))
+                tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
             except OSError as e:
-                raise cannot_write(out, f"cannot create a temporary file in {str(out.parent)!r}: "
-                                   f"{e.strerror}") from None
+                if on_error is None:
+                    raise
+                raise on_error(e) from None
         yield tmp
     finally:
         if tmp is not None:
             with interrupts_deferred():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staging_dir(out: Path) -> contextlib.AbstractContextManager[Path]:
+    """A private directory beside `out` for the files being written; removed whatever happens."""
+    return scratch_dir(out.parent, f".{out.name[:64]}.", ".tmp", lambda e: cannot_write(
+        out, f"cannot create a temporary folder in {str(out.parent)!r}: {e.strerror}"))
 
 
 def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool) -> list[Path]:

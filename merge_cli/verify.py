@@ -112,6 +112,13 @@ def open_session(source: Path | bytes, on_error: Callable[[str], MergeError]) ->
         raise on_error(_first_line(e)) from None
 
 
+def import_runtime() -> None:
+    """Import onnx and onnxruntime now: the CLI does it with Ctrl-C held, because an import cut short
+    inside a C++ extension's initialization can crash the process later."""
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+
+
 @functools.cache
 def runtime_ir_cap() -> int:
     """The newest IR version the installed onnxruntime loads (probed once with a one-node model)."""

@@ -451,12 +451,7 @@ def broadcast_trap_n1_vs_n2(d: Path) -> list[str]:
     return two_regressors(d, a=make_regressor(out_dims=[1]), b=make_regressor(out_dims=[2]))
 
 
-@case(ExitCode.INCOMPATIBLE, "map.toml", "different shapes", hint=True)
-def broadcast_trap_n_vs_n1(d: Path) -> list[str]:
-    return two_regressors(d, a=make_regressor(out_dims=[]), b=make_regressor(out_dims=[1]))
-
-
-@case(ExitCode.INCOMPATIBLE, "map.toml", "disagree on classes", hint=True)
+@case(ExitCode.INCOMPATIBLE, "map.toml", "different classes", hint=True)
 def classifiers_with_different_classes(d: Path) -> list[str]:
     doc = mapping_doc()
     doc["models"]["a"] |= {"task": "classification", "classes": [0, 1]}
@@ -464,10 +459,11 @@ def classifiers_with_different_classes(d: Path) -> list[str]:
     return two_regressors(d, a=make_regressor(out_dims=[2]), b=make_regressor(out_dims=[2]), doc=doc)
 
 
-@case(ExitCode.INCOMPATIBLE, "map.toml", "a classifier with a regressor", hint=True)
+@case(ExitCode.INCOMPATIBLE, "map.toml", "classifier", hint=True)
 def classifier_with_regressor(d: Path) -> list[str]:
     doc = mapping_doc()
     doc["models"]["a"] |= {"task": "classification", "classes": [0, 1]}
+    doc["models"]["b"] |= {"task": "regression"}
     return two_regressors(d, a=make_regressor(out_dims=[2]), b=make_regressor(out_dims=[2]), doc=doc)
 
 
