@@ -844,6 +844,45 @@ def external_data_in_a_subgraph_through_a_symlink(d: Path) -> list[str]:
     return with_a(d, write)
 
 
+# ---------------------------------------------------------------------------- the other commands read models the same way
+
+
+@case(ExitCode.BAD_INPUT, "a.onnx", "not an ONNX model")
+def inspect_random_bytes(d: Path) -> list[str]:
+    (d / "a.onnx").write_bytes(np.random.default_rng(5).bytes(3000))
+    return ["inspect", str(d / "a.onnx")]
+
+
+@case(ExitCode.BAD_INPUT, "a.onnx", "symbolic link", hint=True)
+def inspect_external_data_through_a_symlink(d: Path) -> list[str]:
+    external_mlp(d, location="real.bin")
+    (d / "a.bin").symlink_to("real.bin")
+    model = onnx.load(d / "a.onnx", load_external_data=False)
+    for t in model.graph.initializer:
+        t.external_data[0].value = "a.bin"
+    save(model, d / "a.onnx")
+    return ["inspect", str(d / "a.onnx")]
+
+
+@case(ExitCode.BAD_INPUT, "a.onnx", "nested too deeply")
+def init_with_a_too_deep_model(d: Path) -> list[str]:
+    (d / "a.onnx").write_bytes(nested_if_model(120))
+    save(make_regressor(), d / "b.onnx")
+    return ["init", str(d / "a.onnx"), str(d / "b.onnx"), "--out", str(d / "features.toml")]
+
+
+@case(ExitCode.BAD_INPUT, "merged.onnx", "not an ONNX model")
+def verify_a_truncated_merged_file(d: Path) -> list[str]:
+    (d / "merged.onnx").write_bytes(make_mlp().SerializeToString()[:500])
+    return ["verify", str(d / "merged.onnx")]
+
+
+@case(ExitCode.BAD_INPUT, "merged.onnx", "no merge-models provenance", hint=True)
+def verify_a_model_that_was_not_merged(d: Path) -> list[str]:
+    save(make_regressor(), d / "merged.onnx")
+    return ["verify", str(d / "merged.onnx")]
+
+
 # ---------------------------------------------------------------------------- command line
 
 
