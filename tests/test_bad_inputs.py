@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from bad_inputs import CASES, Case, two_regressors
+from conftest import run_console
 
 from merge_cli import wire
 from merge_cli.cli import main
@@ -117,3 +118,17 @@ def test_disk_full_while_writing_is_exit_5_and_leaves_nothing(writer: str, flags
     full = Case("disk_full", two_regressors, ExitCode.CANNOT_WRITE, "merged.onnx", "No space left on device")
     code, out, err, work = run_case(full, tmp_path, capfd, monkeypatch, *flags)
     check_error(full, work, code, err)
+
+
+def test_onnxruntime_logs_stay_off_the_console_script_output_unless_debug(tmp_path: Path) -> None:
+    """In a real process: onnxruntime logs a failing Reshape from C++ to fd 2 ("[E:onnxruntime:...]")."""
+    case = next(c for c in CASES if c.name == "model_fails_when_run")
+    args = case.build(tmp_path)
+    result = run_console(*args, "--json")
+    assert result.code == ExitCode.BAD_INPUT
+    assert json.loads(result.stdout)["error"]["file"] == str(tmp_path / "a.onnx")
+    check_error(case, tmp_path, result.code, result.stderr)
+    debug = run_console(*args, "--debug")
+    assert debug.code == ExitCode.BAD_INPUT
+    assert "[E:onnxruntime:" in debug.stderr  # what was kept off the output is there for --debug
+    assert debug.stderr.splitlines()[-1].startswith("error: ")
