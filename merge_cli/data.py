@@ -39,6 +39,8 @@ def read_data(path: Path, spec: InputSpec, target: str | None) -> Rows:
 
 def guess_target(path: Path, spec: InputSpec) -> str | None:
     """The CSV header's one column that is not an input, or an .npz's `y` (None when there is none)."""
+    if not path.is_file():  # read_rows says what is wrong; a device such as /dev/zero is never read
+        return None
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as archive:

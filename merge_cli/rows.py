@@ -24,6 +24,8 @@ def read_rows(path: Path, columns: tuple[str, ...], dtype: str) -> np.ndarray:
         raise bad_input(path, "no such data file")
     if path.is_dir():
         raise bad_input(path, "is a directory, not a data file")
+    if not path.is_file():  # a device or pipe: /dev/zero would be read until memory runs out
+        raise bad_input(path, "is not a regular file, not a data file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         rows = _read_npz(path, len(columns))

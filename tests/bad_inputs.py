@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -592,12 +594,39 @@ def missing_mapping(d: Path) -> list[str]:
 
 
 @case(ExitCode.BAD_INPUT, "map.toml", "over 16777216 bytes")
-def mapping_is_dev_zero(d: Path) -> list[str]:
-    """A device has no size to check first: reading must stop anyway."""
+def mapping_from_a_pipe_that_never_ends(d: Path) -> list[str]:
+    """A pipe has no size to check first: reading must stop anyway (17 MB are offered here, for a test
+    that fails rather than eats memory if the cap ever goes; /dev/zero is the case that matters)."""
     two_regressors(d)
     (d / "map.toml").unlink()
-    (d / "map.toml").symlink_to("/dev/zero")
+    os.mkfifo(d / "map.toml")
+    threading.Thread(target=_feed_fifo, args=(d / "map.toml", b"# comment\n" * 1_700_000), daemon=True).start()
     return merge_args(d)
+
+
+def _feed_fifo(path: Path, data: bytes) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # succeeds once the reader has opened it
+        except OSError:
+            time.sleep(0.005)
+            continue
+        os.set_blocking(fd, True)
+        try:
+            os.write(fd, data)
+        except BrokenPipeError:  # the reader stopped early, as it should
+            pass
+        finally:
+            os.close(fd)
+        return
+
+
+@case(ExitCode.BAD_INPUT, "rows.csv", "not a regular file")
+def data_file_is_a_device(d: Path) -> list[str]:
+    args = two_regressors(d)
+    (d / "rows.csv").symlink_to("/dev/null")  # safe to test with; /dev/zero used to be read until memory ran out
+    return [*args, "--data", str(d / "rows.csv")]
 
 
 @case(ExitCode.BAD_INPUT, "map.toml", "directory")
