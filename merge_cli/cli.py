@@ -265,7 +265,7 @@ def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> N
             doc = job()
     except MergeError as e:
         _fail(e.line(), e.hint, int(e.code), json_output, e.to_dict(), e.details)
-    except (KeyboardInterrupt, Exception) as e:  # a bug: one line, the traceback only with --debug
+    except (KeyboardInterrupt, Exception) as e:  # Ctrl-C, or a bug: one line, the traceback only with --debug
         if caused_by_interrupt(e):  # Ctrl-C; inside a C extension's import it comes back as ImportError
             _fail("error: interrupted", None, int(ExitCode.INTERRUPTED), json_output,
                   {"code": int(ExitCode.INTERRUPTED), "kind": "interrupted", "message": "interrupted"})
