@@ -30,6 +30,9 @@ lint: install ## ruff and mypy
 	$(BIN)/ruff check merge_cli tests samples
 	$(BIN)/mypy
 
+bench: install ## measure merge time, memory, inference and start-up against their targets (a few minutes)
+	$(BIN)/python benchmarks/run_all.py
+
 samples: install ## regenerate the sample models (needs only the test extra)
 	$(BIN)/python samples/make_samples.py
 
