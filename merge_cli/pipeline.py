@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -210,7 +211,8 @@ def convert_parts(parts: list[Part], opset: int | None, spec: FeatureMapping,
     (class order, [N, 2] for binary, [N, 1] for regressors), then prefix its names with `<model>/`.
     A user's combiner graph (kind = "onnx") is converted and prefixed the same way."""
     extra = prepared.parts() if prepared else []
-    target = common_target(parts + extra, opset, runtime_ir_cap())
+    wanted = common_target(parts + extra, opset, ir_cap=sys.maxsize).ir_version
+    target = common_target(parts + extra, opset, runtime_ir_cap(wanted))
     for part in parts + extra:
         convert_part(part, target)
     align_heads(parts, spec.combiner.kind, target.opsets[""], spec.source)

@@ -119,9 +119,23 @@ def import_runtime() -> None:
     import onnxruntime  # noqa: F401
 
 
+RUNTIME_IR_FLOOR = 10  # every onnxruntime this package supports (>= 1.20, see pyproject.toml) loads IR 10
+
+
+def runtime_ir_cap(wanted: int | None = None) -> int:
+    """The newest IR version the installed onnxruntime loads, or `wanted` when that is old enough for any.
+
+    Importing onnxruntime costs ~25 ms and ~30 MB, so a merge that writes IR <= 10 (most converters'
+    output) and skips verification never imports it.
+    """
+    if wanted is not None and wanted <= RUNTIME_IR_FLOOR:
+        return wanted
+    return _probe_ir_cap()
+
+
 @functools.cache
-def runtime_ir_cap() -> int:
-    """The newest IR version the installed onnxruntime loads (probed once with a one-node model)."""
+def _probe_ir_cap() -> int:
+    """Probe the installed onnxruntime once with a one-node model of each IR version, newest first."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
