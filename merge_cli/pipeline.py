@@ -6,6 +6,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,15 +15,15 @@ import numpy as np
 
 from . import __version__
 from .combiners import Head, Prepared, build_combiner, reference
-from .errors import ExitCode, MergeError, incompatible
+from .errors import ExitCode, MergeError, bad_input, incompatible
 from .mapping import FeatureMapping, apply_overrides, canonical, canonical_json, load_mapping
 from .model_io import (
     LoadedModel,
     check_model,
     check_output_path,
     commit,
+    hash_in_background,
     load_model,
-    sha256_file,
     staging_dir,
     write_model,
 )
@@ -134,6 +135,7 @@ def merge(
         spec = apply_overrides(data_defaults(load_mapping(Path(mapping)), data, target), [Path(m) for m in models],
                                combiner, list(weights) if weights is not None else None)
         check_output_path(out, input_files(spec) + ([Path(data)] if data is not None else []))
+    hashes = hash_in_background([m.path for m in spec.models])  # read by set_provenance, after the copy
     with step("load"):
         loaded = [load_model(m.path) for m in spec.models]
         check_output_path(out, input_files(spec) + [f for m in loaded for f in m.data_files])
@@ -146,14 +148,17 @@ def merge(
         with step("fit"):
             prepared = fit_combiner(spec, parts, prepared, rows_data)
     with step("splice"):
-        model, heads = build_model(parts, spec, common, keep_outputs, out, prepared)
+        model, heads = build_model(parts, spec, common, keep_outputs, prepared)
         refs: Refs = {k: v for lm in loaded + prepared.sources() for k, v in lm.refs.items()}
         check_model(model, refs, out, full=True)
-    external = external_data or model.ByteSize() + payload_bytes(model, refs) > PROTOBUF_LIMIT - EXTERNAL_MARGIN
+    size = model.ByteSize() + provenance_bytes(spec, parts, out) + payload_bytes(model, refs)
+    external = external_data or size > PROTOBUF_LIMIT - EXTERNAL_MARGIN
     report = None
     with staging_dir(out) as tmp:
         with step("write"):
-            files = write_model(model, refs, tmp / out.name, external)
+            # provenance (sha256 of the sources, hashed meanwhile) goes in once the weights are copied
+            files = write_model(model, refs, tmp / out.name, external,
+                                finish=lambda m: set_provenance(m, spec, parts, out, hashes))
         if verify_output:
             with step("verify"):
                 real = rows_data.features.astype(spec.input.dtype) if rows_data is not None else None
@@ -222,8 +227,8 @@ def convert_parts(parts: list[Part], opset: int | None, spec: FeatureMapping,
 
 
 def build_model(parts: list[Part], spec: FeatureMapping, target: Target, keep_outputs: bool,
-                out: Path, prepared: Prepared | None = None) -> tuple[ModelProto, list[Head]]:
-    """The merged ModelProto (weights still by reference) and the heads its combiner reads."""
+                prepared: Prepared | None = None) -> tuple[ModelProto, list[Head]]:
+    """The merged ModelProto (weights still by reference, provenance not yet set) and its combiner's heads."""
     from onnx import helper
 
     spliced = splice(parts, spec)
@@ -251,7 +256,6 @@ def build_model(parts: list[Part], spec: FeatureMapping, target: Target, keep_ou
     )
     model.functions.extend(spliced.functions)
     _used_function_domains(model, target)
-    helper.set_model_props(model, provenance(spec, parts, out))
     return model, heads
 
 
@@ -264,7 +268,23 @@ def _used_function_domains(model: ModelProto, target: Target) -> None:
             known.add(function.domain)
 
 
-def provenance(spec: FeatureMapping, parts: list[Part], out: Path) -> dict[str, str]:
+def set_provenance(model: ModelProto, spec: FeatureMapping, parts: list[Part], out: Path,
+                   hashes: dict[Path, Future[str]]) -> None:
+    from onnx import helper
+
+    helper.set_model_props(model, provenance(spec, parts, out, lambda path: _digest(hashes[path], path)))
+
+
+def provenance_bytes(spec: FeatureMapping, parts: list[Part], out: Path) -> int:
+    """The provenance's serialized size before the hashes are known (a sha256 is always 64 hex digits)."""
+    from onnx import ModelProto, helper
+
+    model = ModelProto()
+    helper.set_model_props(model, provenance(spec, parts, out, lambda path: "0" * 64))
+    return model.ByteSize()
+
+
+def provenance(spec: FeatureMapping, parts: list[Part], out: Path, digest: Callable[[Path], str]) -> dict[str, str]:
     """Tool version, the resolved mapping and each source's sha256, for `verify` and for people."""
     sources = []
     for part in parts:
@@ -272,7 +292,7 @@ def provenance(spec: FeatureMapping, parts: list[Part], out: Path) -> dict[str, 
         sources.append({
             "model": part.name,
             "file": canonical(spec, out.parent)["models"][part.name]["path"],
-            "sha256": sha256_file(lm.path),
+            "sha256": digest(lm.path),
             "bytes": lm.path.stat().st_size,
         })
     props = {
@@ -284,6 +304,13 @@ def provenance(spec: FeatureMapping, parts: list[Part], out: Path) -> dict[str, 
         for p in part.model.metadata_props:
             props[f"{part.name}/{p.key}"] = p.value
     return dict(sorted(props.items()))
+
+
+def _digest(future: Future[str], path: Path) -> str:
+    try:
+        return future.result()
+    except OSError as e:
+        raise bad_input(path, f"cannot read: {e.strerror or e}") from None
 
 
 def verify_parts(merged: Path, parts: list[Part], spec: FeatureMapping, heads: list[Head], keep_outputs: bool,

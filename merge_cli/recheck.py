@@ -114,7 +114,7 @@ def verify_merged(
         prepared = fit_combiner(spec, parts, prepared, None)  # the stack, refitted on its recorded data
     with step("splice"):
         keep_outputs = any(o.startswith(f"{p.name}/") for o in merged_outputs for p in parts)
-        model, heads = build_model(parts, spec, target, keep_outputs, merged, prepared)
+        model, heads = build_model(parts, spec, target, keep_outputs, prepared)
         expected_outputs = [o.name for o in model.graph.output]
     if merged_outputs != expected_outputs:
         raise MergeError(ExitCode.VERIFY_FAILED, merged,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -228,13 +228,16 @@ def payload_bytes(model: ModelProto, refs: Refs) -> int:
     return sum(r.length for t in model.graph.initializer if (r := ref_of(t, refs)) is not None)
 
 
-def write_single_file(model: ModelProto, refs: Refs, out: BinaryIO) -> int:
-    """Serialize `model` to `out` with every referenced payload copied in as raw_data; return bytes written."""
+def write_single_file(model: ModelProto, refs: Refs, out: BinaryIO,
+                      finish: Callable[[ModelProto], None] | None = None) -> int:
+    """Serialize `model` to `out` with every referenced payload copied in as raw_data; return bytes written.
+
+    The graph field comes first and the model's other fields after it (protobuf accepts fields in any
+    order), so `finish(model)` can still set them - e.g. provenance hashed meanwhile - after the weights
+    have been copied.
+    """
     from onnx import GraphProto, ModelProto, TensorProto
 
-    head = ModelProto()
-    head.CopyFrom(model)
-    head.ClearField("graph")
     graph_head = GraphProto()
     graph_head.CopyFrom(model.graph)
     del graph_head.initializer[:]
@@ -255,21 +258,30 @@ def write_single_file(model: ModelProto, refs: Refs, out: BinaryIO) -> int:
         pieces.append(_header(_GRAPH_INITIALIZER, len(body) + len(raw_header) + ref.length) + body + raw_header)
         pieces.append(ref)
     graph_len = sum(p.length if isinstance(p, ByteRange) else len(p) for p in pieces)
-    pieces.insert(0, head.SerializeToString(deterministic=True) + _header(_MODEL_GRAPH, graph_len))
-    return _write_pieces(pieces, out)
+    pieces.insert(0, _header(_MODEL_GRAPH, graph_len))
+    written = _write_pieces(pieces, out)
+    if finish is not None:
+        finish(model)
+    head = ModelProto()
+    head.CopyFrom(model)
+    head.ClearField("graph")
+    return written + _write_pieces([head.SerializeToString(deterministic=True)], out)
 
 
 def write_with_external_data(
-    model: ModelProto, refs: Refs, out: BinaryIO, data_out: BinaryIO, location: str, align: int = 4096
+    model: ModelProto, refs: Refs, out: BinaryIO, data_out: BinaryIO, location: str, align: int = 4096,
+    finish: Callable[[ModelProto], None] | None = None,
 ) -> tuple[int, int]:
-    """Write the proto to `out` and every referenced payload to `data_out` (named `location`)."""
+    """Write every referenced payload to `data_out` (named `location`), then the proto to `out`.
+
+    `finish(model)` runs between the two, as for write_single_file.
+    """
     from onnx import ModelProto
 
     pieces: list[bytes | ByteRange] = []
+    placed: list[tuple[int, int, int]] = []  # (initializer index, offset in the data file, length)
     offset = 0
-    proto = ModelProto()
-    proto.CopyFrom(model)
-    for tensor in proto.graph.initializer:
+    for i, tensor in enumerate(model.graph.initializer):
         ref = ref_of(tensor, refs)
         if ref is None:
             continue
@@ -277,13 +289,20 @@ def write_with_external_data(
         if pad:
             pieces.append(b"\0" * pad)
             offset += pad
-        del tensor.external_data[:]
-        for key, value in (("location", location), ("offset", str(offset)), ("length", str(ref.length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
+        placed.append((i, offset, ref.length))
         pieces.append(ref)
         offset += ref.length
     data_size = _write_pieces(pieces, data_out)
+    if finish is not None:
+        finish(model)
+    proto = ModelProto()
+    proto.CopyFrom(model)
+    for i, at, length in placed:
+        tensor = proto.graph.initializer[i]
+        del tensor.external_data[:]
+        for key, value in (("location", location), ("offset", str(at)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
     proto_bytes = proto.SerializeToString(deterministic=True)
     out.write(proto_bytes)
     return len(proto_bytes), data_size
