@@ -233,7 +233,11 @@ def observe_outputs(part: Part, strict: bool = True) -> Observed | None:
     Declared output shapes are not always right (LightGBM declares its label [1] and returns [N]).
     When onnxruntime cannot run the file: the error if `strict` (verification could not run it
     either), else None (--no-verify: the declared and inferred shapes will have to do).
+    A graph of default-domain ops whose outputs shape inference fully describes is believed without
+    a run (None): the run would load every weight into onnxruntime, ~2x the file in memory and time.
     """
+    if shapes_are_inferred(part):
+        return None
     try:
         session = part_session(part)
     except MergeError as e:
@@ -253,6 +257,26 @@ def observe_outputs(part: Part, strict: bool = True) -> Observed | None:
         elem_type = None if o.name in part.zipmap_classes else ONNX_OF.get(value.dtype.kind + str(value.dtype.itemsize))
         observed[o.name] = (tuple(int(d) for d in value.shape), elem_type)
     return observed
+
+
+def shapes_are_inferred(part: Part) -> bool:
+    """Only default-domain ops (ONNX shape inference is exact for them), no local functions, and every
+    output with a known element type and every dimension after the batch axis known."""
+    model = part.model
+    if model.functions or not _op_domains(model.graph) <= {"", "ai.onnx"}:
+        return False
+    return all(o.elem_type and o.shape is not None and all(isinstance(d, int) for d in o.shape[1:])
+               for o in part.outputs)
+
+
+def _op_domains(graph: Any) -> set[str]:
+    domains = set()
+    for node in graph.node:
+        domains.add(node.domain)
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                domains |= _op_domains(g)
+    return domains
 
 
 def batch_size(parts: list[Part]) -> int | None:
