@@ -28,9 +28,9 @@ MERGE_MODELS = str(Path(sys.executable).with_name("merge-models"))
 MiB = 2**20
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 
-COLUMNS = 32  # the shared input's width; model a reads the even columns, model b the odd ones
-A_COLUMNS = list(range(0, COLUMNS, 2))
-B_COLUMNS = list(range(1, COLUMNS, 2))
+COLUMNS = 32  # the shared input's width
+BLOCKS = {"a": list(range(0, 16)), "b": list(range(16, 32))}  # each model its own block of columns, as usual
+SCATTERED = {"a": list(range(0, COLUMNS, 2)), "b": list(range(1, COLUMNS, 2))}  # interleaved: the harder case
 
 
 # ---------------------------------------------------------------------------- results
@@ -155,6 +155,7 @@ class Pair:
     b: Path
     mapping: Path
     weight_bytes: int
+    columns: dict[str, list[int]]
 
     @property
     def input_bytes(self) -> int:
@@ -162,19 +163,20 @@ class Pair:
         return sum(p.stat().st_size for p in self.dir.iterdir() if p.name.startswith(("a.onnx", "b.onnx")))
 
 
-def make_pair(dir: Path, hidden: int, layers: int, *, external: bool = False) -> Pair:
+def make_pair(dir: Path, hidden: int, layers: int, *, external: bool = False,
+              columns: dict[str, list[int]] = BLOCKS) -> Pair:
     dir.mkdir(parents=True, exist_ok=True)
     a, b = dir / "a.onnx", dir / "b.onnx"
-    weight_bytes = mlp(a, len(A_COLUMNS), hidden, layers, seed=1, external=external)
-    weight_bytes += mlp(b, len(B_COLUMNS), hidden, layers, seed=2, external=external)
+    weight_bytes = mlp(a, len(columns["a"]), hidden, layers, seed=1, external=external)
+    weight_bytes += mlp(b, len(columns["b"]), hidden, layers, seed=2, external=external)
     mapping = dir / "features.json"
     mapping.write_text(json.dumps({
         "version": 1,
         "input": {"name": "features", "columns": [f"f{i}" for i in range(COLUMNS)]},
-        "models": {"a": {"path": a.name, "columns": A_COLUMNS}, "b": {"path": b.name, "columns": B_COLUMNS}},
+        "models": {"a": {"path": a.name, "columns": columns["a"]}, "b": {"path": b.name, "columns": columns["b"]}},
         "combiner": {"kind": "mean"},
     }))
-    return Pair(dir, a, b, mapping, weight_bytes)
+    return Pair(dir, a, b, mapping, weight_bytes, columns)
 
 
 @contextmanager
@@ -327,7 +329,7 @@ def compose_way(pair: Pair, out: Path) -> tuple[float, Run]:
     """The same merge with onnx.compose: add_prefix, then merge_models with a router and a combiner model."""
     try:
         return timed_snippet(COMPOSE_WAY, str(pair.a), str(pair.b), str(out), str(COLUMNS),
-                             ",".join(map(str, A_COLUMNS)), ",".join(map(str, B_COLUMNS)))
+                             ",".join(map(str, pair.columns["a"])), ",".join(map(str, pair.columns["b"])))
     finally:
         remove(out)
 

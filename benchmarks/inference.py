@@ -1,13 +1,17 @@
 """Question 4: inference with the merged model against what users do without merge-models.
 
-For a small (hidden 128) and a large (hidden 4096) pair of MLPs, at batch 1, 64 and 4096:
+For a small (hidden 128) and a large (hidden 4096) pair of MLPs, each reading its own block of
+16 of the 32 columns, at batch 1, 64 and 4096:
 - merged: the merged file in one onnxruntime session, fed the whole rows;
 - parts: the two original files in two sessions, each fed its columns (numpy fancy indexing),
   plus the numpy combiner ((a + b) / 2);
-- pre-split: the merged graph without its routing Gathers, its parts' inputs fed columns
-  that were split beforehand (outside the timing): what the routing itself costs.
-All sessions use onnxruntime's default options, as a user's would (only logging is quietened). The three are timed in
-interleaved rounds and each takes its best round, so a busy machine hurts all of them alike.
+- pre-split: the merged graph without its routing nodes, its parts' inputs fed columns that
+  were split beforehand (outside the timing): what the routing itself costs.
+The small pair is measured once more with interleaved columns (a: even, b: odd), whose routing
+is a Gather of the transposed input rather than a Slice; that is reported without a target.
+All sessions use onnxruntime's default options, as a user's would (only logging is quietened).
+The variants are timed in interleaved rounds; a ratio is the median over rounds of the two
+times in the same round, so a busy moment on the machine slows both sides of it.
 """
 
 from __future__ import annotations
@@ -18,67 +22,85 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import A_COLUMNS, B_COLUMNS, COLUMNS, Row, emit, make_pair, merge_cli, note, ratio_row, workdir
+from common import BLOCKS, COLUMNS, SCATTERED, Pair, Row, emit, make_pair, merge_cli, note, ratio_row, workdir
 
 SIZES = {"small": (128, 1), "large": (4096, 1)}  # hidden width, hidden x hidden layers
 BATCHES = (1, 64, 4096)
-BUDGET = 4.0  # seconds of timing per model size and batch size (at least 3 rounds)
+BUDGET = 4.0  # seconds of timing per model size and batch size (at least 5 rounds)
 
 
-def presplit_model(merged: Path, out: Path) -> None:
-    """The merged model with its routing Gathers removed: each part's input becomes a graph input."""
+def presplit_model(merged: Path, out: Path, part_inputs: list[str]) -> None:
+    """The merged model without its routing: each part's input (e.g. "a/x") becomes a graph input."""
     import onnx
 
     model = onnx.load(merged)
     graph = model.graph
-    shared = graph.input[0].name
-    routes = [n for n in graph.node if n.op_type == "Gather" and n.input[0] == shared]
-    inputs = []
-    for node in routes:
+    producer = {o: n for n in graph.node for o in n.output}
+    routing: dict[int, onnx.NodeProto] = {}
+    pending = list(part_inputs)
+    while pending:  # every node the parts' inputs are computed by, back to the shared input
+        node = producer.get(pending.pop())
+        if node is not None and id(node) not in routing:
+            routing[id(node)] = node
+            pending.extend(node.input)
+    for node in routing.values():
         graph.node.remove(node)
-        vi = next(v for v in graph.value_info if v.name == node.output[0])
-        inputs.append(vi)
+    used = {x for n in graph.node for x in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [next(v for v in graph.value_info if v.name == name) for name in part_inputs]
     del graph.input[:]
     graph.input.extend(inputs)
     onnx.save(model, out)
 
 
-def time_rounds(runs: dict[str, Callable[[], object]], budget: float) -> dict[str, float]:
-    """Best seconds per call of each function, timed in interleaved rounds within about `budget` seconds.
+def time_rounds(runs: dict[str, Callable[[], object]], budget: float) -> dict[str, list[float]]:
+    """Seconds per call of each function in each round; the rounds interleave the functions.
 
-    Each round runs every function for the same number of calls; many short rounds and the best
-    of them filter out what other processes on the machine do meanwhile.
+    A round runs every function for the same number of calls (~10 ms each), one after the other,
+    so each round compares them under the same load; many rounds within about `budget` seconds.
     """
     for fn in runs.values():
         fn()  # warm-up
     start = time.perf_counter()
     next(iter(runs.values()))()
     per_call = time.perf_counter() - start
-    calls = max(1, int(0.03 / per_call))  # rounds of ~30 ms per function
-    rounds = max(3, min(40, int(budget / (per_call * calls * len(runs)))))
-    best = dict.fromkeys(runs, float("inf"))
+    calls = max(1, int(0.01 / per_call))
+    rounds = max(5, min(200, int(budget / (per_call * calls * len(runs)))))
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
             start = time.perf_counter()
             for _ in range(calls):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / calls)
-    return best
+            times[name].append((time.perf_counter() - start) / calls)
+    return times
 
 
-def cell(size: str, hidden: int, batch: int, merged: Any, split: Any, part_a: Any, part_b: Any) -> list[Row]:
-    """One model size at one batch size: merged vs the parts vs the pre-split merged graph."""
+def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """The median over rounds of a's time / b's time in the same round: a busy moment slows both."""
+    return float(np.median([x / y for x, y in zip(times[a], times[b], strict=True)]))
+
+
+def cell(size: str, hidden: int, batch: int, pair: Pair, merged: Any, split: Any, part_a: Any, part_b: Any,
+         layout: str = "") -> list[Row]:
+    """One model size at one batch size: merged vs the parts vs the pre-split merged graph.
+
+    With a `layout` name, only the routing cost is reported, as information (no target).
+    """
     x = np.random.default_rng(batch).standard_normal((batch, COLUMNS), dtype=np.float32)
+    cols_a, cols_b = pair.columns["a"], pair.columns["b"]
     merged_input = merged.get_inputs()[0].name
-    columns = {"a/x": A_COLUMNS, "b/x": B_COLUMNS}
+    columns = {"a/x": cols_a, "b/x": cols_b}
     pre = {i.name: np.ascontiguousarray(x[:, columns[i.name]]) for i in split.get_inputs()}
 
     def merged_run() -> np.ndarray:
         return merged.run(None, {merged_input: x})[0]
 
     def parts_run() -> np.ndarray:
-        ya = part_a.run(None, {"x": x[:, A_COLUMNS]})[0]
-        yb = part_b.run(None, {"x": x[:, B_COLUMNS]})[0]
+        ya = part_a.run(None, {"x": x[:, cols_a]})[0]
+        yb = part_b.run(None, {"x": x[:, cols_b]})[0]
         return (ya + yb) / 2
 
     def presplit_run() -> np.ndarray:
@@ -86,15 +108,23 @@ def cell(size: str, hidden: int, batch: int, merged: Any, split: Any, part_a: An
 
     np.testing.assert_allclose(merged_run(), parts_run(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(merged_run(), presplit_run(), rtol=1e-4, atol=1e-5)
-    note(f"{size} MLPs (hidden {hidden}), batch {batch}")
-    t = time_rounds({"merged": merged_run, "parts": parts_run, "presplit": presplit_run}, BUDGET)
+    note(f"{size} MLPs (hidden {hidden}){', ' + layout if layout else ''}, batch {batch}")
+    runs = {"merged": merged_run, "presplit": presplit_run}
+    if not layout:
+        runs["parts"] = parts_run
+    times = time_rounds(runs, BUDGET)
+    t = {name: min(values) for name, values in times.items()}
+    what = f"{size} (hidden {hidden}){' ' + layout if layout else ''} batch {batch}"
+    routing = paired_ratio(times, "merged", "presplit")
+    routing_detail = f"best: merged {ms(t['merged'])}, fed pre-split columns {ms(t['presplit'])}"
+    if layout:
+        return [Row("4 inference", f"{what}: routing cost", routing, "x", "(info)", None, routing_detail)]
     limit = 0.6 if (size, batch) == ("small", 1) else 1.0
-    what = f"{size} (hidden {hidden}) batch {batch}"
+    rounds = f"median of {len(times['merged'])} rounds"
     return [
-        ratio_row("4 inference", f"{what}: merged / parts", t["merged"] / t["parts"], limit,
-                  detail=f"merged {ms(t['merged'])}, two sessions + numpy {ms(t['parts'])}"),
-        ratio_row("4 inference", f"{what}: routing cost", t["merged"] / t["presplit"], 1.05,
-                  detail=f"merged {ms(t['merged'])}, fed pre-split columns {ms(t['presplit'])}"),
+        ratio_row("4 inference", f"{what}: merged / parts", paired_ratio(times, "merged", "parts"), limit,
+                  detail=f"best: merged {ms(t['merged'])}, two sessions + numpy {ms(t['parts'])}; {rounds}"),
+        ratio_row("4 inference", f"{what}: routing cost", routing, 1.05, detail=routing_detail),
     ]
 
 
@@ -106,18 +136,21 @@ def main() -> list[Row]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # the pre-split model's unused column indices would be warned about
+    options.log_severity_level = 3  # warnings only
     rows: list[Row] = []
+    cases = [(size, hidden, layers, BLOCKS, "") for size, (hidden, layers) in SIZES.items()]
+    cases.append(("small", *SIZES["small"], SCATTERED, "scattered columns"))
     with workdir("inference") as tmp:
-        for size, (hidden, layers) in SIZES.items():
-            pair = make_pair(tmp / size, hidden, layers)
+        for size, hidden, layers, columns, layout in cases:
+            pair = make_pair(tmp / f"{size}{'-' + layout.split()[0] if layout else ''}", hidden, layers,
+                             columns=columns)
             merged, split = pair.dir / "merged.onnx", pair.dir / "presplit.onnx"
             merge_cli(pair, merged, "--no-verify")
-            presplit_model(merged, split)
+            presplit_model(merged, split, ["a/x", "b/x"])
             sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
                         for p in (merged, split, pair.a, pair.b)]
             for batch in BATCHES:
-                rows += cell(size, hidden, batch, *sessions)
+                rows += cell(size, hidden, batch, pair, *sessions, layout=layout)
     return rows
 
 
