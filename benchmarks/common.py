@@ -1,7 +1,8 @@
 """Shared pieces of the benchmarks: generated MLP models, timed child processes, the result table.
 
 Absolute times depend on the machine and on whatever else runs on it, so every question is answered
-with a ratio of two things measured side by side in the same run, each repeated and taken at its best.
+with a ratio of two things measured side by side in the same run, in interleaved rounds, each taken
+at its best (other jobs only ever add time, so the best round is the closest to the true cost).
 """
 
 from __future__ import annotations
@@ -267,17 +268,13 @@ def timed_snippet(code: str, *args: str) -> tuple[float, Run]:
     return seconds, run
 
 
-def paired(a: list[Run], b: list[Run]) -> float:
-    """The median over rounds of a's time / b's time in the same round (a busy moment slows both)."""
-    return median([x.seconds / y.seconds for x, y in zip(a, b, strict=False)])
+def ratio(a: list[Run], b: list[Run]) -> float:
+    """a's best time over b's best time: what each costs when the other jobs on the machine let it run."""
+    return min(r.seconds for r in a) / min(r.seconds for r in b)
 
 
 def best(values: list[float]) -> float:
     return min(values)
-
-
-def median(values: list[float]) -> float:
-    return float(np.median(values))
 
 
 # ---------------------------------------------------------------------------- the reference ways

@@ -29,7 +29,7 @@ from common import (
     make_pair,
     merge_cli,
     note,
-    paired,
+    ratio,
     ratio_row,
     remove,
     workdir,
@@ -59,7 +59,7 @@ def measure(pair: Pair, label: str, external_inputs: bool, repeats: int) -> tupl
     files = " + ".join(f"{f['bytes'] / 1e9:.2f} GB" for f in doc["files"])  # type: ignore[index, union-attr]
     size = pair.input_bytes
     rows = [
-        ratio_row("3 external data", f"{label}: merge-models / I/O floor", paired(merges, floors), 0.3,
+        ratio_row("3 external data", f"{label}: merge-models / I/O floor", ratio(merges, floors), 0.3,
                   detail=f"2 x {size / 2 / 1e9:.2f} GB inputs -> {files}; best: merge {merge:.2f} s, "
                          f"load+save {floor:.2f} s ({best(calls):.2f} s in the calls)"),
         Row("3 external data", f"{label}: merge peak RSS", peak / MiB, "MiB", "< 150 MiB", peak < RSS_LIMIT,

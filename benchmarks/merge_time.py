@@ -6,8 +6,8 @@ processes do the same I/O the usual way:
 - the I/O floor: onnx.load of both models + onnx.save of both;
 - the onnx.compose way: load both, compose.add_prefix each, compose.merge_models with a router
   model (Gather per model) and a combiner model (Mean), save.
-Every side is timed as a whole process (interpreter start and imports included), a ratio is the
-median over rounds of the two times of one round; the floor's load+save calls alone are shown too.
+Every side is timed as a whole process (interpreter start and imports included), in interleaved
+rounds, each at its best; the floor's load+save calls alone are shown too.
 Peak RSS is each process's own, from /usr/bin/time.
 """
 
@@ -25,7 +25,7 @@ from common import (
     make_pair,
     merge_cli,
     note,
-    paired,
+    ratio,
     ratio_row,
     remove,
     workdir,
@@ -56,10 +56,10 @@ def main() -> list[Row]:
         merge, floor, compose = (best([r.seconds for r in runs]) for runs in (merges, floors, composes))
         peak = max(r.peak_rss for r in merges)
         return [
-            ratio_row("1 merge time", "merge-models / I/O floor", paired(merges, floors), 0.6,
+            ratio_row("1 merge time", "merge-models / I/O floor", ratio(merges, floors), 0.6,
                       detail=f"2 x {size / 2 / 1e6:.0f} MB inputs; best: merge {merge:.2f} s, load+save {floor:.2f} s "
                              f"({best(calls):.2f} s in the calls)"),
-            ratio_row("1 merge time", "onnx.compose / merge-models", paired(composes, merges), 5, at_most=False,
+            ratio_row("1 merge time", "onnx.compose / merge-models", ratio(composes, merges), 5, at_most=False,
                       detail=f"best: onnx.compose {compose:.2f} s (load, add_prefix, merge_models x3, save)"),
             ratio_row("2 peak memory", "merge peak RSS / input bytes", peak / size, 0.25,
                       detail=f"{peak / MiB:.0f} MiB for {size / MiB:.0f} MiB of inputs (load+save: "

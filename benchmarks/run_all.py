@@ -30,7 +30,8 @@ def main(names: list[str]) -> int:
         return 2
     here = Path(__file__).resolve().parent
     BUILD.mkdir(parents=True, exist_ok=True)
-    print(f"merge-models benchmarks on {machine()}; best of {REPEATS} interleaved rounds", flush=True)
+    print(f"merge-models benchmarks on {machine()}; every time is the best of several interleaved rounds "
+          f"({REPEATS} for whole processes)", flush=True)
     rows: list[Row] = []
     start = time.perf_counter()
     with tempfile.NamedTemporaryFile(suffix=".jsonl", dir=BUILD) as results:
