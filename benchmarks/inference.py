@@ -9,9 +9,13 @@ For a small (hidden 128) and a large (hidden 4096) pair of MLPs, each reading it
   were split beforehand (outside the timing): what the routing itself costs.
 The small pair is measured once more with interleaved columns (a: even, b: odd), whose routing
 is a Gather of the transposed input rather than a Slice; that is reported without a target.
-All sessions use onnxruntime's default options, as a user's would (only logging is quietened).
-The variants are timed in interleaved rounds (~10 ms of calls each, at least 5 rounds), each taken
-at its best.
+All sessions use onnxruntime's default options but one, the same for all of them: idle intra-op
+threads do not spin. By default they spin ~40 ms after each run, and on a machine shared with
+other jobs the spinning threads of the variant measured last slow the one measured next by up to
+2x; this also takes away what two sessions of the parts lose to each other's spinning.
+The variants are timed in interleaved rounds (~10 ms of calls each, at least 8 rounds), each taken
+at its best, using three sessions of each file in turn (where a session's weights land in memory
+moves a memory-bound model's time by ~10%).
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from common import BLOCKS, COLUMNS, SCATTERED, Pair, Row, emit, make_pair, merge
 
 SIZES = {"small": (128, 1), "large": (4096, 1)}  # hidden width, hidden x hidden layers
 BATCHES = (1, 64, 4096)
-BUDGET = 4.0  # seconds of timing per model size and batch size (at least 5 rounds)
+BUDGET = 4.0  # seconds of timing per model size and batch size (at least MIN_ROUNDS rounds)
+SESSIONS = 3  # of each file, used in turn
+MIN_ROUNDS = 8
 
 
 def presplit_model(merged: Path, out: Path, part_inputs: list[str]) -> None:
@@ -55,22 +61,23 @@ def presplit_model(merged: Path, out: Path, part_inputs: list[str]) -> None:
     onnx.save(model, out)
 
 
-def time_rounds(runs: dict[str, Callable[[], object]], budget: float) -> dict[str, list[float]]:
-    """Seconds per call of each function in each round; the rounds interleave the functions.
+def time_rounds(runs: dict[str, list[Callable[[], object]]], budget: float) -> dict[str, list[float]]:
+    """Seconds per call of each variant in each round; the rounds interleave the variants.
 
-    A round runs every function for the same number of calls (~10 ms each), one after the other,
-    so each round compares them under the same load; many rounds within about `budget` seconds.
+    A round runs every variant for the same number of calls (~10 ms each), one after the other; many
+    rounds within about `budget` seconds (at least MIN_ROUNDS). A variant has one function per session and round r uses
+    session r % n: how a session's weights land in memory changes a memory-bound model's speed by
+    ~10%, which is luck, not the model.
     """
-    for fn in runs.values():
-        fn()  # warm-up
     start = time.perf_counter()
-    next(iter(runs.values()))()
+    runs["merged"][0]()
     per_call = time.perf_counter() - start
     calls = max(1, int(0.01 / per_call))
-    rounds = max(5, min(200, int(budget / (per_call * calls * len(runs)))))
+    rounds = max(MIN_ROUNDS, min(200, int(budget / (per_call * calls * len(runs)))))
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, fn in runs.items():
+    for r in range(rounds):
+        for name, fns in runs.items():
+            fn = fns[r % len(fns)]
             start = time.perf_counter()
             for _ in range(calls):
                 fn()
@@ -82,35 +89,41 @@ def best_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
     return min(times[a]) / min(times[b])
 
 
-def cell(size: str, hidden: int, batch: int, pair: Pair, merged: Any, split: Any, part_a: Any, part_b: Any,
+def cell(size: str, hidden: int, batch: int, pair: Pair, sessions: dict[str, list[Any]],
          layout: str = "") -> list[Row]:
     """One model size at one batch size: merged vs the parts vs the pre-split merged graph.
 
-    With a `layout` name, only the routing cost is reported, as information (no target).
+    `sessions`: a few sessions of each file ("merged", "presplit", "a", "b"). With a `layout`
+    name, only the routing cost is reported, as information (no target).
     """
     x = np.random.default_rng(batch).standard_normal((batch, COLUMNS), dtype=np.float32)
     cols_a, cols_b = pair.columns["a"], pair.columns["b"]
-    merged_input = merged.get_inputs()[0].name
+    merged_input = sessions["merged"][0].get_inputs()[0].name
     columns = {"a/x": cols_a, "b/x": cols_b}
-    pre = {i.name: np.ascontiguousarray(x[:, columns[i.name]]) for i in split.get_inputs()}
+    pre = {i.name: np.ascontiguousarray(x[:, columns[i.name]]) for i in sessions["presplit"][0].get_inputs()}
 
-    def merged_run() -> np.ndarray:
-        return merged.run(None, {merged_input: x})[0]
+    def merged_run(merged: Any) -> Callable[[], np.ndarray]:
+        return lambda: merged.run(None, {merged_input: x})[0]
 
-    def parts_run() -> np.ndarray:
-        ya = part_a.run(None, {"x": x[:, cols_a]})[0]
-        yb = part_b.run(None, {"x": x[:, cols_b]})[0]
-        return (ya + yb) / 2
+    def parts_run(part_a: Any, part_b: Any) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            ya = part_a.run(None, {"x": x[:, cols_a]})[0]
+            yb = part_b.run(None, {"x": x[:, cols_b]})[0]
+            return (ya + yb) / 2
 
-    def presplit_run() -> np.ndarray:
-        return split.run(None, pre)[0]
+        return run
 
-    np.testing.assert_allclose(merged_run(), parts_run(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(merged_run(), presplit_run(), rtol=1e-4, atol=1e-5)
-    note(f"{size} MLPs (hidden {hidden}){', ' + layout if layout else ''}, batch {batch}")
-    runs = {"merged": merged_run, "presplit": presplit_run}
+    def presplit_run(split: Any) -> Callable[[], np.ndarray]:
+        return lambda: split.run(None, pre)[0]
+
+    runs = {"merged": [merged_run(m) for m in sessions["merged"]],
+            "presplit": [presplit_run(s) for s in sessions["presplit"]]}
     if not layout:
-        runs["parts"] = parts_run
+        runs["parts"] = [parts_run(a, b) for a, b in zip(sessions["a"], sessions["b"], strict=True)]
+    want = runs["merged"][0]()  # also warms the first session of each variant up; the others warm up in
+    for fns in runs.values():  # the first rounds (batch 1 comes first), whose times the best ignores
+        np.testing.assert_allclose(fns[0](), want, rtol=1e-4, atol=1e-5)
+    note(f"{size} MLPs (hidden {hidden}){', ' + layout if layout else ''}, batch {batch}")
     times = time_rounds(runs, BUDGET)
     t = {name: min(values) for name, values in times.items()}
     what = f"{size} (hidden {hidden}){' ' + layout if layout else ''} batch {batch}"
@@ -136,6 +149,7 @@ def main() -> list[Row]:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings only
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see the module's docstring
     rows: list[Row] = []
     cases = [(size, hidden, layers, BLOCKS, "") for size, (hidden, layers) in SIZES.items()]
     cases.append(("small", *SIZES["small"], SCATTERED, "scattered columns"))
@@ -146,10 +160,11 @@ def main() -> list[Row]:
             merged, split = pair.dir / "merged.onnx", pair.dir / "presplit.onnx"
             merge_cli(pair, merged, "--no-verify")
             presplit_model(merged, split, ["a/x", "b/x"])
-            sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                        for p in (merged, split, pair.a, pair.b)]
+            sessions = {name: [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                               for _ in range(SESSIONS)]
+                        for name, p in (("merged", merged), ("presplit", split), ("a", pair.a), ("b", pair.b))}
             for batch in BATCHES:
-                rows += cell(size, hidden, batch, pair, *sessions, layout=layout)
+                rows += cell(size, hidden, batch, pair, sessions, layout=layout)
     return rows
 
 
