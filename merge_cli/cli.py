@@ -258,7 +258,7 @@ def _sources(pairs: list[str]) -> dict[str, Path]:
 def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> None:
     """Run a command body: one error line (plus hint) per failure, the documented exit code, JSON if asked."""
     try:
-        with interrupts_deferred():  # numpy, onnx, onnxruntime: C extensions must not be cut mid-import
+        with interrupts_deferred():  # numpy, onnx (onnxruntime: verify.runtime): C extensions must not be cut mid-import
             from .verify import import_runtime
 
             import_runtime()

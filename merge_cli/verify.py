@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -95,7 +96,7 @@ class VerifyReport:
 
 
 def quiet_options() -> onnxruntime.SessionOptions:
-    import onnxruntime as ort
+    ort = runtime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: warnings would leak onto stderr around our own lines
@@ -103,7 +104,7 @@ def quiet_options() -> onnxruntime.SessionOptions:
 
 
 def open_session(source: Path | bytes, on_error: Callable[[str], MergeError]) -> onnxruntime.InferenceSession:
-    import onnxruntime as ort
+    ort = runtime()
 
     try:
         what = str(source) if isinstance(source, Path) else source
@@ -113,10 +114,19 @@ def open_session(source: Path | bytes, on_error: Callable[[str], MergeError]) ->
 
 
 def import_runtime() -> None:
-    """Import onnx and onnxruntime now: the CLI does it with Ctrl-C held, because an import cut short
-    inside a C++ extension's initialization can crash the process later."""
+    """Import onnx now: the CLI does it with Ctrl-C held, because an import cut short inside a C++
+    extension's initialization can crash the process later. onnxruntime is imported the same way
+    where it is first needed (runtime()): a merge with --no-verify may never need it (~25 ms, ~30 MB)."""
     import onnx  # noqa: F401
-    import onnxruntime  # noqa: F401
+
+
+def runtime() -> ModuleType:
+    """onnxruntime, imported on first use with Ctrl-C held (see import_runtime)."""
+    from .process import interrupts_deferred
+
+    with interrupts_deferred():
+        import onnxruntime
+    return onnxruntime
 
 
 RUNTIME_IR_FLOOR = 10  # every onnxruntime this package supports (>= 1.20, see pyproject.toml) loads IR 10
@@ -137,7 +147,7 @@ def runtime_ir_cap(wanted: int | None = None) -> int:
 def _probe_ir_cap() -> int:
     """Probe the installed onnxruntime once with a one-node model of each IR version, newest first."""
     import onnx
-    import onnxruntime as ort
+    ort = runtime()
     from onnx import helper
 
     node = helper.make_node("Identity", ["x"], ["y"])
