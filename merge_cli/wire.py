@@ -10,9 +10,11 @@ input files to the output file (os.copy_file_range), never through Python object
 
 from __future__ import annotations
 
+import functools
 import itertools
 import mmap
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ INLINE_LIMIT = 1024  # payloads up to this many bytes stay in the proto (shape c
 REF_PREFIX = "\0merge-models:"  # file paths cannot contain NUL, so no real location equals a token
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized protobuf message cannot be larger than this
 PREALLOCATE_MIN = 64 * 1024 * 1024  # below this, reserving the blocks first is not worth a syscall
+COPY_CHUNK = 16 * 1024 * 1024  # bytes per copy_file_range call, each then handed to writeback
 
 # Field numbers from onnx.proto.
 _MODEL_GRAPH = 7
@@ -338,7 +341,11 @@ def _preallocate(out: BinaryIO, length: int) -> None:
 
 
 def copy_range(ref: ByteRange, dst_fd: int) -> None:
-    """Copy ref's bytes to the current position of dst_fd without passing them through Python objects."""
+    """Copy ref's bytes to the current position of dst_fd without passing them through Python objects.
+
+    Each 16 MiB written is handed to the kernel's writeback at once (start_writeback), so the fsync
+    before the output is renamed into place finds little left to write.
+    """
     with open(ref.path, "rb") as src:
         src_fd = src.fileno()
         offset, remaining = ref.offset, ref.length
@@ -347,7 +354,7 @@ def copy_range(ref: ByteRange, dst_fd: int) -> None:
             n = 0
             if copy is not None:
                 try:
-                    n = copy(src_fd, dst_fd, min(remaining, 1 << 30), offset)
+                    n = copy(src_fd, dst_fd, min(remaining, COPY_CHUNK), offset)
                 except OSError:
                     copy = None
             if not n:
@@ -355,8 +362,32 @@ def copy_range(ref: ByteRange, dst_fd: int) -> None:
                 if not chunk:
                     raise OSError(f"{ref.path}: file is shorter than its model says")
                 n = os.write(dst_fd, chunk)
+            start_writeback(dst_fd, n)
             offset += n
             remaining -= n
+
+
+def start_writeback(fd: int, length: int) -> None:
+    """Start writing the `length` bytes just written before fd's position to disk, without waiting
+    (Linux sync_file_range): 400 MB copied then fsynced took 0.25-0.29 s, 0.15-0.18 s in 16 MiB steps
+    (0.18-0.21 s in 64 MiB steps). Elsewhere a no-op."""
+    sync_file_range = _sync_file_range()
+    if sync_file_range is not None and length >= 1 << 20:
+        sync_file_range(fd, os.lseek(fd, 0, os.SEEK_CUR) - length, length, 2)  # SYNC_FILE_RANGE_WRITE
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return function  # type: ignore[no-any-return]
 
 
 def read_range(ref: ByteRange) -> bytes:
