@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import mmap
 import os
 import re
 import shutil
@@ -298,19 +297,19 @@ def check_model(model: ModelProto, refs: Refs, file: Path | str | None, full: bo
             raise bad_input(file, f"fails onnx.checker: {message}") from None
 
 
-HASH_WINDOW = 4 * 1024 * 1024
+HASH_CHUNK = 4 * 1024 * 1024
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file, hashed through a sliding memory map: no copy into a buffer, and the GIL is
-    released for a whole window at a time, so a hashing thread keeps its pace beside the main thread."""
+    """sha256 of a file, read in 4 MiB chunks: the read and the hashing both release the GIL for a whole
+    chunk, so a hashing thread keeps its pace beside the main thread. Read, not memory-mapped: a file
+    truncated while a background thread hashes it must give a short read, not a SIGBUS."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        for offset in range(0, size, HASH_WINDOW):
-            with mmap.mmap(f.fileno(), min(HASH_WINDOW, size - offset), offset=offset,
-                           access=mmap.ACCESS_READ) as window:
-                digest.update(window)
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
     return digest.hexdigest()
 
 
