@@ -27,7 +27,7 @@ test: install ## run the whole test suite
 	$(BIN)/python -m pytest
 
 lint: install ## ruff and mypy
-	$(BIN)/ruff check merge_cli tests samples
+	$(BIN)/ruff check merge_cli tests samples benchmarks
 	$(BIN)/mypy
 
 bench: install ## measure merge time, memory, inference and start-up against their targets (a few minutes)
