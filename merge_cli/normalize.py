@@ -12,6 +12,7 @@ import numpy as np
 from .errors import bad_input, incompatible
 from .mapping import ModelSpec
 from .model_io import LoadedModel, check_model
+from .naming import unique_name
 
 if TYPE_CHECKING:
     from onnx import GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
@@ -798,12 +799,7 @@ def apply_adapter(part: Part, adapter: HeadAdapter, opset: int) -> None:
     taken = _graph_names(graph)
 
     def fresh(base: str) -> str:
-        name, i = base, 1
-        while name in taken:
-            i += 1
-            name = f"{base}_{i}"
-        taken.add(name)
-        return name
+        return unique_name(base, taken)
 
     def const(value: np.ndarray, base: str) -> str:
         name = fresh(base)

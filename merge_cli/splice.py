@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import incompatible
 from .mapping import FeatureMapping
+from .naming import unique_name
 from .normalize import DOUBLE, FLOAT, Part, TensorInfo
 
 if TYPE_CHECKING:
@@ -33,12 +34,7 @@ class Spliced:
 
     def fresh(self, base: str) -> str:
         """A tensor name not used anywhere in the graph yet."""
-        name, i = base, 1
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
+        return unique_name(base, self.names)
 
 
 # ---------------------------------------------------------------------------- prefixing
@@ -100,11 +96,7 @@ def _prefix_graph(graph: GraphProto, p: str, renamed: dict[tuple[str, str], str]
         for entry in qa.quant_parameter_tensor_names:
             entry.value = p + entry.value
     for i, node in enumerate(graph.node):
-        name = node.name or f"{node.op_type}_{i}"
-        while name in used:
-            name = f"{name}_{i}"
-        used.add(name)
-        node.name = p + name
+        node.name = p + unique_name(node.name or f"{node.op_type}_{i}", used)
         node.input[:] = [p + x if x else x for x in node.input]
         node.output[:] = [p + x if x else x for x in node.output]
         _rename_call(node, renamed)

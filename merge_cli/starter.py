@@ -20,6 +20,7 @@ from .errors import cannot_write
 from .inspection import ModelInfo, describe, input_width, model_name
 from .mapping import COMBINERS, parse_mapping
 from .model_io import check_output_path
+from .naming import unique_name
 from .normalize import DOUBLE, SCORE_TYPES
 from .splice import ROUTABLE_TYPES, match_routes
 
@@ -87,7 +88,7 @@ def starter_mapping(paths: list[Path], out: Path | None) -> Starter:
     used: set[str] = set()
     models = []
     for path in paths:
-        name = _unique(model_name(path), used)
+        name = unique_name(model_name(path), used)
         models.append(_starter_model(path, name, base))
     columns = list(dict.fromkeys(c for m in models for c in m.columns))
     dtype = "float64" if any(p.elem_type == DOUBLE for m in models for p in m.info.inputs) else "float32"
@@ -96,15 +97,6 @@ def starter_mapping(paths: list[Path], out: Path | None) -> Starter:
     starter.text = render(starter)
     check_starter(starter, base)
     return starter
-
-
-def _unique(name: str, used: set[str]) -> str:
-    candidate, i = name, 1
-    while candidate in used:
-        i += 1
-        candidate = f"{name}_{i}"
-    used.add(candidate)
-    return candidate
 
 
 def _starter_model(path: Path, name: str, base: Path) -> StarterModel:

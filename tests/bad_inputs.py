@@ -28,6 +28,10 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from merge_cli.errors import ExitCode  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import to_toml as toml  # noqa: E402
+from conftest import write_mapping as write_doc  # noqa: E402
+
 COLUMNS = ["A", "B", "C", "D"]
 OUT = "merged.onnx"
 HIDDEN = 300  # a [2, 300] float weight is 2400 bytes: large enough to be read by reference
@@ -116,41 +120,6 @@ def mapping_doc(models: dict[str, dict[str, Any]] | None = None, **top: Any) -> 
               "b": {"path": "b.onnx", "columns": ["C", "D"]}} if models is None else models
     return {"version": 1, "input": {"name": "features", "columns": COLUMNS}, "models": models,
             "combiner": {"kind": "mean"}, **top}
-
-
-def write_doc(path: Path, doc: dict[str, Any]) -> Path:
-    """A mapping document as TOML, JSON or YAML, by the file's extension."""
-    if path.suffix == ".json":
-        path.write_text(json.dumps(doc, indent=1))
-    elif path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    else:
-        path.write_text(toml(doc))
-    return path
-
-
-def toml(doc: dict[str, Any]) -> str:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
-        return repr(v)
-
-    lines = [f"{k} = {value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
-    for key, section in doc.items():
-        if key == "models":
-            for name, model in section.items():
-                lines += [f"[models.{json.dumps(name)}]", *(f"{json.dumps(k)} = {value(v)}" for k, v in model.items())]
-        elif isinstance(section, dict):
-            lines += [f"[{key}]", *(f"{json.dumps(k)} = {value(v)}" for k, v in section.items())]
-    return "\n".join(lines) + "\n"
 
 
 def merge_args(d: Path, mapping: str = "map.toml", *extra: str | Path, out: str | Path = OUT) -> list[str]:

@@ -65,9 +65,13 @@ def save_text_model(path: Path, text: str) -> Path:
 
 
 def write_mapping(path: Path, doc: dict[str, Any]) -> Path:
-    """Write a mapping document as JSON or TOML (by the file's extension)."""
+    """Write a mapping document as TOML, JSON or YAML (by the file's extension)."""
     if path.suffix == ".json":
-        path.write_text(json.dumps(doc))
+        path.write_text(json.dumps(doc, indent=1))
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
     else:
         path.write_text(to_toml(doc))
     return path
