@@ -120,6 +120,8 @@ def cell(size: str, hidden: int, batch: int, pair: Pair, sessions: dict[str, lis
             "presplit": [presplit_run(s) for s in sessions["presplit"]]}
     if not layout:
         runs["parts"] = [parts_run(a, b) for a, b in zip(sessions["a"], sessions["b"], strict=True)]
+        # the same as "parts" with other sessions: how far two identical variants drift apart (A/A)
+        runs["parts again"] = [parts_run(a, b) for a, b in zip(sessions["a2"], sessions["b2"], strict=True)]
     want = runs["merged"][0]()  # also warms the first session of each variant up; the others warm up in
     for fns in runs.values():  # the first rounds (batch 1 comes first), whose times the best ignores
         np.testing.assert_allclose(fns[0](), want, rtol=1e-4, atol=1e-5)
@@ -133,10 +135,14 @@ def cell(size: str, hidden: int, batch: int, pair: Pair, sessions: dict[str, lis
         return [Row("4 inference", f"{what}: routing cost", routing, "x", "(info)", None, routing_detail)]
     limit = 0.6 if (size, batch) == ("small", 1) else 1.0
     rounds = f"best of {len(times['merged'])} rounds"
+    noise = abs(best_ratio(times, "parts", "parts again") - 1)
     return [
         ratio_row("4 inference", f"{what}: merged / parts", best_ratio(times, "merged", "parts"), limit,
-                  detail=f"best: merged {ms(t['merged'])}, two sessions + numpy {ms(t['parts'])}; {rounds}"),
+                  detail=f"best: merged {ms(t['merged'])}, two sessions + numpy {ms(t['parts'])}; {rounds}",
+                  noise=noise if limit == 1.0 else 0.0),
         ratio_row("4 inference", f"{what}: routing cost", routing, 1.05, detail=routing_detail),
+        Row("4 inference", f"{what}: A/A noise (parts / parts in other sessions)", 1 + noise, "x", "(info)", None,
+            f"best: {ms(t['parts'])} vs {ms(t['parts again'])}"),
     ]
 
 
@@ -162,7 +168,8 @@ def main() -> list[Row]:
             presplit_model(merged, split, ["a/x", "b/x"])
             sessions = {name: [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
                                for _ in range(SESSIONS)]
-                        for name, p in (("merged", merged), ("presplit", split), ("a", pair.a), ("b", pair.b))}
+                        for name, p in (("merged", merged), ("presplit", split), ("a", pair.a), ("b", pair.b),
+                                        ("a2", pair.a), ("b2", pair.b))}
             for batch in BATCHES:
                 rows += cell(size, hidden, batch, pair, sessions, layout=layout)
     return rows
