@@ -14,7 +14,9 @@ import functools
 import itertools
 import mmap
 import os
+import queue
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -313,19 +315,25 @@ def write_with_external_data(
 
 
 def _write_pieces(pieces: list[bytes | ByteRange], out: BinaryIO) -> int:
+    writeback = None
     if any(isinstance(p, ByteRange) for p in pieces):
         out.flush()
         _preallocate(out, sum(p.length if isinstance(p, ByteRange) else len(p) for p in pieces))
+        writeback = Writeback.start(out.fileno())
     written = 0
-    for piece in pieces:
-        if isinstance(piece, ByteRange):
-            out.flush()
-            copy_range(piece, out.fileno())
-            written += piece.length
-        else:
-            out.write(piece)
-            written += len(piece)
-    out.flush()
+    try:
+        for piece in pieces:
+            if isinstance(piece, ByteRange):
+                out.flush()
+                copy_range(piece, out.fileno(), writeback)
+                written += piece.length
+            else:
+                out.write(piece)
+                written += len(piece)
+        out.flush()
+    finally:
+        if writeback is not None:
+            writeback.finish()
     return written
 
 
@@ -340,11 +348,11 @@ def _preallocate(out: BinaryIO, length: int) -> None:
         pass
 
 
-def copy_range(ref: ByteRange, dst_fd: int) -> None:
+def copy_range(ref: ByteRange, dst_fd: int, writeback: Writeback | None = None) -> None:
     """Copy ref's bytes to the current position of dst_fd without passing them through Python objects.
 
-    Each 16 MiB written is handed to the kernel's writeback at once (start_writeback), so the fsync
-    before the output is renamed into place finds little left to write.
+    Each chunk copied is handed to `writeback` (the kernel starts writing it to disk meanwhile), so
+    the fsync before the output is renamed into place finds little left to write.
     """
     with open(ref.path, "rb") as src:
         src_fd = src.fileno()
@@ -362,18 +370,44 @@ def copy_range(ref: ByteRange, dst_fd: int) -> None:
                 if not chunk:
                     raise OSError(f"{ref.path}: file is shorter than its model says")
                 n = os.write(dst_fd, chunk)
-            start_writeback(dst_fd, n)
+            if writeback is not None:
+                writeback.add(os.lseek(dst_fd, 0, os.SEEK_CUR) - n, n)
             offset += n
             remaining -= n
 
 
-def start_writeback(fd: int, length: int) -> None:
-    """Start writing the `length` bytes just written before fd's position to disk, without waiting
-    (Linux sync_file_range): 400 MB copied then fsynced took 0.25-0.29 s, 0.15-0.18 s in 16 MiB steps
-    (0.18-0.21 s in 64 MiB steps). Elsewhere a no-op."""
-    sync_file_range = _sync_file_range()
-    if sync_file_range is not None and length >= 1 << 20:
-        sync_file_range(fd, os.lseek(fd, 0, os.SEEK_CUR) - length, length, 2)  # SYNC_FILE_RANGE_WRITE
+class Writeback:
+    """Starts the kernel's writeback of each chunk just copied (Linux sync_file_range), on a helper
+    thread so the copy never waits for it; finish() returns once every chunk has been handed over.
+
+    400 MB copied then fsynced, here: 0.25-0.29 s with no early writeback, 0.17-0.18 s with
+    sync_file_range called between the chunks, 0.14-0.15 s with it called from this thread.
+    """
+
+    def __init__(self, fd: int, sync_file_range: Callable[[int, int, int, int], int]) -> None:
+        self.fd = fd
+        self.sync_file_range = sync_file_range
+        self.chunks: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="merge-models-writeback", daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def start(fd: int) -> Writeback | None:
+        """A Writeback for fd, or None where the platform has no sync_file_range."""
+        function = _sync_file_range()
+        return Writeback(fd, function) if function is not None else None
+
+    def add(self, offset: int, length: int) -> None:
+        if length >= 1 << 20:
+            self.chunks.put((offset, length))
+
+    def finish(self) -> None:
+        self.chunks.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while (chunk := self.chunks.get()) is not None:
+            self.sync_file_range(self.fd, chunk[0], chunk[1], 2)  # SYNC_FILE_RANGE_WRITE: start, don't wait
 
 
 @functools.cache
