@@ -48,7 +48,7 @@ def guess_target(path: Path, spec: InputSpec) -> str | None:
         header = _header(path)
     except Exception:  # read_rows reports what is wrong with the file, in its own words
         return None
-    extra = [h for h in header if h not in spec.columns]
+    extra = [h for h in header if h not in spec.position]
     return extra[0] if len(extra) == 1 else None
 
 
@@ -64,7 +64,7 @@ def _delimiter(path: Path) -> str:
 def _read_csv_target(path: Path, name: str, spec: InputSpec) -> np.ndarray:
     header = _header(path)
     if name not in header:
-        others = ", ".join(h for h in header if h not in spec.columns) or "none"
+        others = ", ".join(h for h in header if h not in spec.position) or "none"
         raise bad_input(path, f"no target column {name!r} in the header", f"columns that are not inputs: {others}")
     index = header.index(name)
     with open(path, newline="", encoding="utf-8-sig") as f:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -43,6 +44,11 @@ class InputSpec:
     name: str
     columns: tuple[str, ...]
     dtype: Dtype = "float32"
+
+    @functools.cached_property
+    def position(self) -> dict[str, int]:
+        """Column name -> index (wide tables have thousands of columns: no list searches)."""
+        return {c: i for i, c in enumerate(self.columns)}
 
 
 @dataclass(frozen=True)
@@ -275,6 +281,7 @@ class _Validator:
         if not isinstance(value, list) or not value:
             raise self.error(key, f"must be a non-empty list of column names or indices, not {_kind(value)}")
         out: list[int] = []
+        seen: set[int] = set()
         for i, c in enumerate(value):
             where = f"{key}[{i}]"
             if isinstance(c, bool) or not isinstance(c, (int, str)):
@@ -285,14 +292,15 @@ class _Validator:
                                      f"indices are 0-based into input.columns (0..{len(spec.columns) - 1})")
                 index = c
             else:
-                if c not in spec.columns:
+                if c not in spec.position:
                     raise self.error(where, f"unknown column {c!r}",
                                      f"use a name from input.columns ({_preview(spec.columns)}) or a 0-based index")
-                index = spec.columns.index(c)
-            if index in out:
+                index = spec.position[c]
+            if index in seen:
                 raise self.error(where, f"column {spec.columns[index]!r} is repeated",
                                  "list each column once per model input")
             out.append(index)
+            seen.add(index)
         return tuple(out)
 
     def path(self, value: Any, key: str) -> Path:

@@ -353,6 +353,13 @@ def check_output_path(out: Path, inputs: list[Path]) -> None:
         raise cannot_write(out, f"{str(parent)!r} is not a directory")
     if out.is_dir():
         raise cannot_write(out, "is a directory", "give a file name, e.g. --out merged.onnx")
+    try:
+        mode = os.lstat(out).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        # a device, pipe or socket (--out /dev/stdout): the rename into place would replace it
+        raise cannot_write(out, "is not a regular file (a device, pipe or socket)", "give a file name, e.g. --out merged.onnx")
     if len(os.fsencode(data_path(out).name)) > _name_max(parent):
         raise cannot_write(out, "the file name is too long (with '.data' added for external data)",
                            "choose a shorter --out")

@@ -64,13 +64,14 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> np.ndarray:
             if header is None:
                 raise bad_input(path, "is empty: a header row naming the columns is needed")
             header = [h.strip() for h in header]
-            missing = [c for c in columns if c not in header]
+            position = {h: i for i, h in reversed(list(enumerate(header)))}  # the first of repeated names
+            missing = [c for c in columns if c not in position]
             if missing:
                 shown = ", ".join(repr(c) for c in missing[:3]) + (", ..." if len(missing) > 3 else "")
                 raise bad_input(path, f"has no column {shown} ({len(missing)} of the mapping's "
                                 f"{len(columns)} columns are missing)",
                                 "the header must name the mapping's [input].columns")
-            index = [header.index(c) for c in columns]
+            index = [position[c] for c in columns]
             out = []
             for line, row in enumerate(reader, start=2):
                 if not row:

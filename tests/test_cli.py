@@ -225,3 +225,16 @@ def test_console_script_runs_in_a_subprocess(job: Path) -> None:
     missing = run_console("merge", "--map", "nope.toml", "--out", "x.onnx", cwd=job)
     assert missing.code == 3
     assert missing.stderr.startswith("error: nope.toml: no such mapping file")
+
+
+def test_exit_5_output_that_is_a_pipe_is_not_replaced(cli, job: Path) -> None:
+    """--out /dev/stdout and the like: the rename into place would replace the device or pipe itself."""
+    import os
+    import stat
+
+    fifo = job / "merged.onnx"
+    os.mkfifo(fifo)
+    result = cli("merge", "--map", job / "map.toml", "--out", fifo)
+    assert result.code == ExitCode.CANNOT_WRITE
+    assert "not a regular file" in result.error_lines[0]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
