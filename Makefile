@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## create/refresh the virtualenv in .venv with the package and its test tools
 
-demo: install ## merge the two sample models, verify, and run the merged model on held-out rows
+demo: install ## merge the two sample models, verify, score them on held-out rows, run the merged model
 	@mkdir -p build
 	$(BIN)/merge-models merge --map samples/features.toml --out build/merged.onnx --data samples/rows.csv
 	$(BIN)/python samples/predict.py build/merged.onnx samples/rows.csv
