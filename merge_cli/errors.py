@@ -31,6 +31,12 @@ def one_line(text: str) -> str:
                    else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text)
 
 
+def first_line(error: BaseException) -> str:
+    """A library exception in one line for an error message: its first line, else its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class MergeError(Exception):
     """A user error: printed as one `error: <file>: <problem>` line (plus a hint), never a traceback."""
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .errors import bad_input, cannot_write
+from .errors import bad_input, cannot_write, first_line
 from .process import interrupts_deferred
 from .wire import PROTOBUF_LIMIT, ByteRange, Refs, WireError, new_token, read_range, read_skeleton, ref_of
 
@@ -293,8 +293,7 @@ def check_model(model: ModelProto, refs: Refs, file: Path | str | None, full: bo
         try:
             checker.check_model(str(model_path), full_check=full)
         except Exception as e:  # onnx raises ValidationError, InferenceError, RuntimeError...
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise bad_input(file, f"fails onnx.checker: {message}") from None
+            raise bad_input(file, f"fails onnx.checker: {first_line(e)}") from None
 
 
 HASH_CHUNK = 4 * 1024 * 1024

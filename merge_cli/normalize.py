@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import bad_input, incompatible
+from .errors import bad_input, first_line, incompatible
 from .mapping import ModelSpec
 from .model_io import LoadedModel, check_model
 from .naming import unique_name
@@ -580,8 +580,7 @@ def convert_part(part: Part, target: Target) -> None:
             try:
                 model = version_converter.convert_version(model, want)
             except Exception as e:  # the converter raises RuntimeError, ValueError, or its own errors
-                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise incompatible(part.source.path, f"cannot convert opset {have} to {want}: {message}",
+                raise incompatible(part.source.path, f"cannot convert opset {have} to {want}: {first_line(e)}",
                                    f"try --opset {have} (or another opset both models convert to)") from None
         dedupe_opsets(model)
         for entry in model.opset_import:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ExitCode, MergeError, bad_input
+from .errors import ExitCode, MergeError, bad_input, first_line
 from .normalize import PROBE_ROWS, Observed, Part
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def open_session(source: Path | bytes, on_error: Callable[[str], MergeError]) ->
         what = str(source) if isinstance(source, Path) else source
         return ort.InferenceSession(what, quiet_options(), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for every failure
-        raise on_error(_first_line(e)) from None
+        raise on_error(first_line(e)) from None
 
 
 def import_runtime() -> None:
@@ -161,11 +161,6 @@ def _probe_ir_cap() -> int:
         except Exception:
             continue
     return 3
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ---------------------------------------------------------------------------- running the parts
@@ -224,7 +219,7 @@ def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray
     try:
         values = session.run(fetch, part_feed(part, rows))
     except Exception as e:
-        raise bad_input(part.source.path, f"onnxruntime cannot run this model: {_first_line(e)}") from None
+        raise bad_input(part.source.path, f"onnxruntime cannot run this model: {first_line(e)}") from None
     out = {}
     for o, name, value in zip(part.outputs, fetch, values, strict=True):
         if name in part.zipmaps:
@@ -315,7 +310,7 @@ def run_merged(path: Path, rows: np.ndarray, chunk: int | None = None) -> dict[s
             return dict(zip(outputs, session.run(outputs, {name: piece}), strict=True))
         except Exception as e:
             raise MergeError(ExitCode.VERIFY_FAILED, path.name,
-                             f"onnxruntime cannot run the merged model: {_first_line(e)}") from None
+                             f"onnxruntime cannot run the merged model: {first_line(e)}") from None
 
     return _in_chunks(run, rows, chunk)
 
@@ -326,7 +321,7 @@ def run_file(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> di
     try:
         return dict(zip(outputs, (np.asarray(v) for v in session.run(outputs, feeds)), strict=True))
     except Exception as e:
-        raise bad_input(path, f"onnxruntime cannot run this model: {_first_line(e)}") from None
+        raise bad_input(path, f"onnxruntime cannot run this model: {first_line(e)}") from None
 
 
 def _in_chunks(run: Callable[[np.ndarray], dict[str, np.ndarray]], rows: np.ndarray,
@@ -442,7 +437,7 @@ def verify(
                 got = dict(zip(output_names, merged_session.run(output_names, {input_name: piece}), strict=True))
             except Exception as e:
                 raise MergeError(ExitCode.VERIFY_FAILED, merged.name,
-                                 f"onnxruntime cannot run the merged model: {_first_line(e)}") from None
+                                 f"onnxruntime cannot run the merged model: {first_line(e)}") from None
             finite_rows = np.asarray(np.isfinite(piece.astype(np.float64)).all(axis=1))
             ties = near_ties(expected["probabilities"], atol, rtol) if "probabilities" in expected else None
             for name in output_names:
