@@ -15,6 +15,7 @@ from .normalize import (
     DOUBLE,
     FLOAT,
     INT64,
+    NUMPY_OF_TYPE,
     STRING,
     Part,
     Shape,
@@ -657,7 +658,7 @@ def _graph_names(graph: Any) -> set[str]:
 def reference_onnx(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray], rows: np.ndarray,
                    prepared: Prepared) -> dict[str, np.ndarray]:
     """The user's ORIGINAL combiner file run by onnxruntime on the parts' outputs."""
-    from .verify import NUMPY_OF, run_file
+    from .verify import run_file
 
     user = prepared.graph
     assert user is not None
@@ -665,7 +666,7 @@ def reference_onnx(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarra
     feeds: dict[str, np.ndarray] = {}
     for info in user.part.inputs:
         value = by_model.get(info.name, rows)
-        feeds[info.name] = value.astype(NUMPY_OF.get(info.elem_type, np.float32))
+        feeds[info.name] = value.astype(NUMPY_OF_TYPE.get(info.elem_type, np.float32))
     return run_file(user.part.source.path, feeds, [o.name for o in user.part.outputs])
 
 

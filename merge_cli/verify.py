@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ExitCode, MergeError, bad_input, first_line
-from .normalize import PROBE_ROWS, Observed, Part
+from .normalize import NUMPY_OF_TYPE, PROBE_ROWS, Observed, Part
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 # on every run; this variable (read at import, before any onnxruntime import here) turns it all off.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-NUMPY_OF = {1: np.float32, 11: np.float64, 10: np.float16, 6: np.int32, 7: np.int64, 9: np.bool_, 8: np.object_}
 ONNX_OF = {"f4": 1, "f8": 11, "f2": 10, "i4": 6, "i8": 7, "b1": 9, "O8": 8}  # numpy kind + itemsize -> onnx type
 DEFAULT_ROWS = 256
 DEFAULT_ATOL = 1e-5
@@ -182,7 +181,7 @@ def part_feed(part: Part, rows: np.ndarray) -> dict[str, np.ndarray]:
         values = rows[:, list(columns)]
         if info.rank == 1:
             values = values[:, 0]
-        feed[info.name] = values.astype(NUMPY_OF.get(info.elem_type, np.float32))
+        feed[info.name] = values.astype(NUMPY_OF_TYPE.get(info.elem_type, np.float32))
     return feed
 
 
@@ -224,7 +223,7 @@ def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray
     for o, name, value in zip(part.outputs, fetch, values, strict=True):
         if name in part.zipmaps:
             classes = part.zipmap_classes.get(o.name, ())
-            dtype = NUMPY_OF.get(o.elem_type, np.float32)
+            dtype = NUMPY_OF_TYPE.get(o.elem_type, np.float32)
             value = np.array([[row[c] for c in classes] for row in value], dtype=dtype).reshape(-1, len(classes))
         out[o.name] = np.asarray(value)
     if part.adapter is not None:
