@@ -23,6 +23,7 @@ from .normalize import (
     check_versions,
     dedupe_opsets,
     default_opset,
+    graph_names,
     tensor_info,
 )
 from .stacking import EPS, StackModel, mean_of
@@ -616,7 +617,7 @@ def build_onnx(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source
     graph = user.part.model.graph
     by_model = {h.model: h for h in heads}
     p = f"{user.prefix}/"
-    names = _graph_names(graph)
+    names = graph_names(graph)
     for name in sorted(names):
         if b.fresh(name) != name:
             raise incompatible(user.part.source.path, f"the combiner's name {name!r} collides with the merged graph")
@@ -644,15 +645,6 @@ def check_input_rank(info: TensorInfo, shape: Shape, path: Path, model: str) -> 
     if info.shape is not None and shape is not None and len(info.shape) != len(shape):
         raise incompatible(path, f"the combiner's input {model!r} has rank {len(info.shape)}, "
                            f"but {model} gives {_show(shape)}", "declare the input with the model's output shape")
-
-
-def _graph_names(graph: Any) -> set[str]:
-    names = {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        names.update(o for o in node.output if o)
-        if node.name:
-            names.add(node.name)
-    return names
 
 
 def reference_onnx(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray], rows: np.ndarray,

@@ -520,14 +520,14 @@ def common_ml_opset(parts: list[Part]) -> int:
     """
     declared = [e.version for p in parts for e in p.model.opset_import if e.domain == "ai.onnx.ml"]
     top = max(declared)
-    nodes = [(p, n) for p in parts for n in _all_nodes(p.model.graph) if n.domain == "ai.onnx.ml"]
+    nodes = [(p, n) for p in parts for n in all_nodes(p.model.graph) if n.domain == "ai.onnx.ml"]
     for version in range(top, 0, -1):
         if all(ml_node_fits(n, version) for _, n in nodes):
             return version
     if any(n.op_type == "TreeEnsemble" for _, n in nodes):
         for part in parts:
             legacy_tree_ensembles(part)
-        nodes = [(p, n) for p in parts for n in _all_nodes(p.model.graph) if n.domain == "ai.onnx.ml"]
+        nodes = [(p, n) for p in parts for n in all_nodes(p.model.graph) if n.domain == "ai.onnx.ml"]
         for version in range(min(top, 4), 0, -1):
             if all(ml_node_fits(n, version) for _, n in nodes):
                 return version
@@ -570,7 +570,7 @@ def convert_part(part: Part, target: Target) -> None:
         entry = model.opset_import.add()
         entry.domain, entry.version = "", want
     elif have != want:
-        uses_default = any(n.domain in ("", "ai.onnx") for n in _all_nodes(model.graph))
+        uses_default = any(n.domain in ("", "ai.onnx") for n in all_nodes(model.graph))
         if uses_default:
             if model.functions:
                 # the converter silently drops local functions; inline them so their bodies convert too
@@ -593,16 +593,36 @@ def convert_part(part: Part, target: Target) -> None:
     part.model = model
 
 
-def _all_nodes(graph: GraphProto) -> list[NodeProto]:
+def subgraphs(node: NodeProto) -> list[GraphProto]:
+    """The graphs a node holds in its attributes (If's branches, Loop's and Scan's bodies)."""
+    return [g for attr in node.attribute for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+
+def all_nodes(graph: GraphProto) -> list[NodeProto]:
+    """Every node of the graph and of its subgraphs, at any depth (each followed by its subgraphs' nodes)."""
     out = []
     for node in graph.node:
         out.append(node)
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                out.extend(_all_nodes(attr.g))
-            for g in attr.graphs:
-                out.extend(_all_nodes(g))
+        for g in subgraphs(node):
+            out.extend(all_nodes(g))
     return out
+
+
+def graph_names(graph: GraphProto) -> set[str]:
+    """Every name the graph uses, at every scope: values, initializers, and nodes' inputs, outputs and names.
+
+    A fresh name must avoid all of them: a subgraph's name may not shadow one of an outer scope either.
+    """
+    names = {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)}
+    names |= {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        names.add(node.name)
+        for g in subgraphs(node):
+            names |= graph_names(g)
+    names.discard("")
+    return names
 
 
 # ---------------------------------------------------------------------------- ai.onnx.ml 5 trees
@@ -795,7 +815,7 @@ def apply_adapter(part: Part, adapter: HeadAdapter, opset: int) -> None:
     from onnx import helper, numpy_helper
 
     graph = part.model.graph
-    taken = _graph_names(graph)
+    taken = graph_names(graph)
 
     def fresh(base: str) -> str:
         return unique_name(base, taken)
@@ -830,13 +850,3 @@ def apply_adapter(part: Part, adapter: HeadAdapter, opset: int) -> None:
                  f"{head.name}.aligned", axis=1)
     part.head = TensorInfo(x, head.elem_type, (batch, width))
     part.adapter = adapter
-
-
-def _graph_names(graph: GraphProto) -> set[str]:
-    names = {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)}
-    names |= {t.name for t in graph.initializer}
-    for n in _all_nodes(graph):
-        names.update(n.output)
-        names.update(n.input)
-        names.add(n.name)
-    return names

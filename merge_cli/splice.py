@@ -11,7 +11,7 @@ import numpy as np
 from .errors import incompatible
 from .mapping import FeatureMapping
 from .naming import unique_name
-from .normalize import DOUBLE, FLOAT, Part, TensorInfo
+from .normalize import DOUBLE, FLOAT, Part, TensorInfo, graph_names, subgraphs
 
 if TYPE_CHECKING:
     from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
@@ -54,15 +54,8 @@ def prefix_model(model: ModelProto, prefix: str) -> None:
         function.name = prefix + function.name
         for node in function.node:
             _rename_call(node, renamed_functions)
-            for attr in node.attribute:
-                for g in _subgraphs(attr):
-                    _rename_calls_only(g, renamed_functions)
-
-
-def _subgraphs(attr: object) -> list[GraphProto]:
-    out = [attr.g] if attr.HasField("g") else []  # type: ignore[attr-defined]
-    out.extend(attr.graphs)  # type: ignore[attr-defined]
-    return out
+            for g in subgraphs(node):
+                _rename_calls_only(g, renamed_functions)
 
 
 def _rename_call(node: NodeProto, renamed: dict[tuple[str, str], str]) -> None:
@@ -74,9 +67,8 @@ def _rename_call(node: NodeProto, renamed: dict[tuple[str, str], str]) -> None:
 def _rename_calls_only(graph: GraphProto, renamed: dict[tuple[str, str], str]) -> None:
     for node in graph.node:
         _rename_call(node, renamed)
-        for attr in node.attribute:
-            for g in _subgraphs(attr):
-                _rename_calls_only(g, renamed)
+        for g in subgraphs(node):
+            _rename_calls_only(g, renamed)
 
 
 def _prefix_graph(graph: GraphProto, p: str, renamed: dict[tuple[str, str], str], used: set[str]) -> None:
@@ -100,9 +92,8 @@ def _prefix_graph(graph: GraphProto, p: str, renamed: dict[tuple[str, str], str]
         node.input[:] = [p + x if x else x for x in node.input]
         node.output[:] = [p + x if x else x for x in node.output]
         _rename_call(node, renamed)
-        for attr in node.attribute:
-            for g in _subgraphs(attr):
-                _prefix_graph(g, p, renamed, used)
+        for g in subgraphs(node):
+            _prefix_graph(g, p, renamed, used)
 
 
 # ---------------------------------------------------------------------------- routing
@@ -120,7 +111,7 @@ def splice(parts: list[Part], mapping: FeatureMapping) -> Spliced:
     out = Spliced(input=shared, names={spec.name})
     opset = next((e.version for p in parts for e in p.model.opset_import if e.domain in ("", "ai.onnx")), 1)
     for part in parts:
-        out.names.update(_all_names(part.model.graph))
+        out.names.update(graph_names(part.model.graph))
     for part in parts:
         routes = match_routes(part)
         prefix = f"{part.name}/"
@@ -225,19 +216,6 @@ def _numpy_tensor(array: np.ndarray, name: str) -> TensorProto:
     return numpy_helper.from_array(array, name)
 
 
-def _all_names(graph: GraphProto) -> set[str]:
-    names: set[str] = set()
-    names.update(vi.name for vi in (*graph.input, *graph.output, *graph.value_info))
-    names.update(t.name for t in graph.initializer)
-    for node in graph.node:
-        names.update(node.output)
-        names.add(node.name)
-        for attr in node.attribute:
-            for g in _subgraphs(attr):
-                names |= _all_names(g)
-    return names
-
-
 # ---------------------------------------------------------------------------- ordering
 
 
@@ -279,9 +257,8 @@ def toposort(nodes: list[NodeProto], available: set[str]) -> list[NodeProto]:
 
 def _used_names(node: NodeProto) -> set[str]:
     used = {x for x in node.input if x}
-    for attr in node.attribute:
-        for g in _subgraphs(attr):
-            used |= _graph_free_names(g)
+    for g in subgraphs(node):
+        used |= _graph_free_names(g)
     return used
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ExitCode, MergeError, bad_input, first_line
-from .normalize import NUMPY_OF_TYPE, PROBE_ROWS, Observed, Part
+from .normalize import NUMPY_OF_TYPE, PROBE_ROWS, Observed, Part, all_nodes
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -267,20 +267,10 @@ def shapes_are_inferred(part: Part) -> bool:
     """Only default-domain ops (ONNX shape inference is exact for them), no local functions, and every
     output with a known element type and every dimension after the batch axis known."""
     model = part.model
-    if model.functions or not _op_domains(model.graph) <= {"", "ai.onnx"}:
+    if model.functions or not {n.domain for n in all_nodes(model.graph)} <= {"", "ai.onnx"}:
         return False
     return all(o.elem_type and o.shape is not None and all(isinstance(d, int) for d in o.shape[1:])
                for o in part.outputs)
-
-
-def _op_domains(graph: Any) -> set[str]:
-    domains = set()
-    for node in graph.node:
-        domains.add(node.domain)
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                domains |= _op_domains(g)
-    return domains
 
 
 def batch_size(parts: list[Part]) -> int | None:
