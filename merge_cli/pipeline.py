@@ -286,18 +286,19 @@ def provenance_bytes(spec: FeatureMapping, parts: list[Part], out: Path) -> int:
 
 def provenance(spec: FeatureMapping, parts: list[Part], out: Path, digest: Callable[[Path], str]) -> dict[str, str]:
     """Tool version, the resolved mapping and each source's sha256, for `verify` and for people."""
+    mapping = canonical(spec, out.parent)
     sources = []
     for part in parts:
         lm: LoadedModel = part.source
         sources.append({
             "model": part.name,
-            "file": canonical(spec, out.parent)["models"][part.name]["path"],
+            "file": mapping["models"][part.name]["path"],
             "sha256": digest(lm.path),
             "bytes": lm.path.stat().st_size,
         })
     props = {
         "merge_models.version": __version__,
-        "merge_models.mapping": canonical_json(canonical(spec, out.parent)),
+        "merge_models.mapping": canonical_json(mapping),
         "merge_models.sources": canonical_json(sources),
     }
     for part in parts:
