@@ -209,7 +209,7 @@ def parse_mapping(doc: dict[str, Any], source: Path) -> FeatureMapping:
         raise v.error("version", f"unsupported version {version!r}", "this merge-models reads version = 1")
     inp = v.table(doc, "input", required=True)
     v.keys(inp, INPUT_KEYS, "input")
-    name = v.string(inp, "input.name", inp.get("name", "features"))
+    name = v.string(inp.get("name", "features"), "input.name")
     columns = v.string_list(inp.get("columns"), "input.columns")
     if not columns:
         raise v.error("input.columns", "no columns", 'list the merged input\'s columns, e.g. columns = ["A", "B"]')
@@ -257,7 +257,7 @@ class _Validator:
             raise self.error(key, f"must be a table, not {_kind(value)}")
         return value
 
-    def string(self, table: dict[str, Any], key: str, value: Any) -> str:
+    def string(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not value:
             raise self.error(key, f"must be a non-empty string, not {_kind(value)}")
         return value
@@ -327,7 +327,7 @@ class _Validator:
             if not isinstance(inputs, dict) or not inputs:
                 raise self.error(f"{where}.inputs", f"must be a table of input name -> columns, not {_kind(inputs)}")
             routes = tuple(Route(str(k), self.columns(v, f"{where}.inputs.{k}", spec)) for k, v in inputs.items())
-        output = self.string(doc, f"{where}.output", doc["output"]) if "output" in doc else None
+        output = self.string(doc["output"], f"{where}.output") if "output" in doc else None
         weight = self.number(doc["weight"], f"{where}.weight", 0.0) if "weight" in doc else None
         task = doc.get("task")
         if task is not None and task not in ("classification", "regression"):
@@ -363,7 +363,7 @@ class _Validator:
         if "path" in doc:
             out = replace(out, path=self.path(doc["path"], "combiner.path"))
         if "target" in doc:
-            out = replace(out, target=self.string(doc, "combiner.target", doc["target"]))
+            out = replace(out, target=self.string(doc["target"], "combiner.target"))
         if doc.get("passthrough", []) != []:  # [] (as the canonical mapping records it) means none
             out = replace(out, passthrough=self.columns(doc["passthrough"], "combiner.passthrough", spec))
         if "alpha" in doc:
