@@ -487,9 +487,9 @@ def tensor_values(tensor: TensorProto, refs: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------- converting
 
 
-def common_target(parts: list[Part], opset: int | None, ir_cap: int) -> Target:
+def common_target(parts: list[Part], opset: int | None) -> Target:
     """The highest default-domain opset among the parts (or --opset), an ai.onnx.ml opset every part's ops
-    are valid in, the highest of other domains."""
+    are valid in, the highest of other domains; the IR version they all need (before onnxruntime's cap)."""
     import onnx
 
     versions: dict[str, int] = {}
@@ -507,7 +507,7 @@ def common_target(parts: list[Part], opset: int | None, ir_cap: int) -> Target:
     ir = max(p.model.ir_version for p in parts)
     # IR 3 wants every initializer listed as a graph input; the routing and combiner constants are not.
     ir = max(ir, 4, _min_ir_for(versions))
-    return Target(opsets=dict(sorted(versions.items())), ir_version=min(ir, ir_cap))
+    return Target(opsets=dict(sorted(versions.items())), ir_version=ir)
 
 
 def common_ml_opset(parts: list[Part]) -> int:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,8 +215,8 @@ def convert_parts(parts: list[Part], opset: int | None, spec: FeatureMapping,
     (class order, [N, 2] for binary, [N, 1] for regressors), then prefix its names with `<model>/`.
     A user's combiner graph (kind = "onnx") is converted and prefixed the same way."""
     extra = prepared.parts() if prepared else []
-    wanted = common_target(parts + extra, opset, ir_cap=sys.maxsize).ir_version
-    target = common_target(parts + extra, opset, runtime_ir_cap(wanted))
+    wanted = common_target(parts + extra, opset)
+    target = replace(wanted, ir_version=min(wanted.ir_version, runtime_ir_cap(wanted.ir_version)))
     for part in parts + extra:
         convert_part(part, target)
     align_heads(parts, spec.combiner.kind, target.opsets[""], spec.source)
