@@ -265,9 +265,7 @@ def build_concat(spec: CombinerSpec, heads: list[Head], b: Builder, source: Sour
                            + ", ".join(f"{h.model} gives {_show(h.shape)}" for h in heads))
     xs = [cast(b, h.tensor, h.elem_type, dtype, h.model) for h in heads]
     if ranks == {1}:
-        xs = [b.node("Unsqueeze", [x, b.const(np.array([1], np.int64), "axes")], f"{h.model}.column")
-              if b.opset >= 13 else b.node("Unsqueeze", [x], f"{h.model}.column", axes=[1])
-              for x, h in zip(xs, heads, strict=True)]
+        xs = [b.unsqueeze(x, [1], f"{h.model}.column") for x, h in zip(xs, heads, strict=True)]
     combined = b.node("Concat", xs, "concat", axis=-1)
     widths = [h.shape[-1] if h.shape and len(h.shape) > 1 else 1 if h.shape else None for h in heads]
     last = sum(w for w in widths if isinstance(w, int)) if all(isinstance(w, int) for w in widths) else None
