@@ -20,9 +20,9 @@ from .normalize import (
     Part,
     Shape,
     TensorInfo,
-    check_versions,
-    dedupe_opsets,
+    checked_model,
     default_opset,
+    fed_inputs,
     graph_names,
     tensor_info,
 )
@@ -572,19 +572,13 @@ def reference_stack(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarr
 
 def read_user_graph(path: Path, mapping: FeatureMapping) -> UserGraph:
     """Load `[combiner] path` safely; its inputs must be named after the models (or the merged input)."""
-    from .model_io import check_model, load_model
+    from .model_io import load_model
 
     loaded = load_model(path)
-    model = loaded.proto
-    check_versions(loaded)
-    dedupe_opsets(model)
-    check_model(model, loaded.refs, path, full=False)
-    initializers = {t.name for t in model.graph.initializer}
+    model = checked_model(loaded)
     names = [m.name for m in mapping.models]
     inputs = []
-    for vi in model.graph.input:
-        if vi.name in initializers:
-            continue
+    for vi in fed_inputs(model.graph):
         info = tensor_info(vi)
         if vi.name not in names and vi.name != mapping.input.name:
             raise incompatible(path, f"the combiner's input {vi.name!r} is not a model's name",

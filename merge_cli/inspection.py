@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ExitCode, MergeError
 from .mapping import MODEL_NAME, ModelSpec, Route
 from .model_io import LoadedModel, load_model
-from .normalize import Part, TensorInfo, read_part, tensor_info
+from .normalize import Part, TensorInfo, fed_inputs, read_part, tensor_info
 from .wire import ref_of
 
 if TYPE_CHECKING:
@@ -144,7 +144,6 @@ def describe(path: Path, name: str | None = None, output: str | None = None) -> 
 def _raw_info(loaded: LoadedModel, name: str) -> ModelInfo:
     """Everything that is read straight from the file, before read_part normalizes the proto."""
     model, graph = loaded.proto, loaded.proto.graph
-    initializers = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
     opsets: dict[str, int] = {}
     for entry in model.opset_import:  # the same opset may be listed twice; keep the highest
         domain = "" if entry.domain == "ai.onnx" else entry.domain
@@ -164,7 +163,7 @@ def _raw_info(loaded: LoadedModel, name: str) -> ModelInfo:
         ops=dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         initializers=len(graph.initializer) + len(graph.sparse_initializer),
         weight_bytes=sum(tensor_bytes(t, loaded) for t in graph.initializer),
-        inputs=[port_of_value(vi) for vi in graph.input if vi.name not in initializers],
+        inputs=[port_of_value(vi) for vi in fed_inputs(graph)],
         outputs=[port_of_value(vi) for vi in graph.output],
         metadata={p.key: p.value for p in model.metadata_props},
     )

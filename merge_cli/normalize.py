@@ -255,24 +255,31 @@ def trusted_shape(declared: Shape, inferred: Shape, fixed_batch: bool) -> Shape:
     return shape
 
 
+def checked_model(loaded: LoadedModel) -> ModelProto:
+    """The loaded proto once it passes what every model file must (versions this onnx knows, onnx.checker),
+    with one opset_import per domain."""
+    check_versions(loaded)
+    dedupe_opsets(loaded.proto)
+    check_model(loaded.proto, loaded.refs, loaded.path, full=False)
+    return loaded.proto
+
+
+def fed_inputs(graph: GraphProto) -> list[ValueInfoProto]:
+    """The graph inputs a caller feeds: not those that name an initializer (IR 3 lists every one as an input)."""
+    initializers = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    return [vi for vi in graph.input if vi.name not in initializers]
+
+
 def read_part(spec: ModelSpec, loaded: LoadedModel, observe: Observer | None = None) -> Part:
     """Work out a part's inputs, its head output, and whether it is a classifier (and its classes).
 
     `observe` runs the original file once (see verify.observe_outputs): where the output shapes it gives
     differ from what the file declares or shape inference says, the run wins.
     """
-    model = loaded.proto
-    check_versions(loaded)
-    dedupe_opsets(model)
-    check_model(model, loaded.refs, loaded.path, full=False)
+    model = checked_model(loaded)
     zipmaps = remove_zipmaps(model)
-    initializers = {t.name for t in model.graph.initializer} | {
-        s.values.name for s in model.graph.sparse_initializer
-    }
     inputs = []
-    for vi in model.graph.input:
-        if vi.name in initializers:
-            continue
+    for vi in fed_inputs(model.graph):
         info = tensor_info(vi)
         if info is None:
             raise incompatible(loaded.path, f"input {vi.name!r} is not a tensor; only tensor inputs can be routed")
