@@ -92,7 +92,7 @@ class CombinerGraph:
     value_info: list[ValueInfoProto] = field(default_factory=list)
     sparse_initializers: list[SparseTensorProto] = field(default_factory=list)
     functions: list[FunctionProto] = field(default_factory=list)
-    routes_read: str | None = None  # the tensor the parts' Gathers read instead of the merged input (gate)
+    routes_read: str | None = None  # the tensor the routes (Slice, Gather, Transpose) read instead of the merged input (gate)
 
 
 class Builder:
