@@ -99,11 +99,12 @@ class Builder:
     """Adds nodes with fresh names; `fresh` comes from the spliced graph so nothing collides."""
 
     def __init__(self, fresh: Callable[[str], str], opset: int, input_name: str = "features",
-                 input_type: int = FLOAT) -> None:
+                 input_type: int = FLOAT, input_width: int = 0) -> None:
         self.fresh = fresh
         self.opset = opset
         self.input_name = input_name  # the merged input [N, F], for passthrough columns and gate
         self.input_type = input_type
+        self.input_width = input_width  # F
         self.graph = CombinerGraph()
 
     def node(self, op: str, inputs: list[str], base: str, domain: str = "", **attrs: Any) -> str:
@@ -405,9 +406,11 @@ def build_gate(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source
     missing_count = b.node("Cast", [missing], "missing_count_cells", to=FLOAT)
     available, weighted = [], []
     for h, w in zip(heads, vote_weights(heads, "gate", source), strict=True):
-        cells = b.node("Gather", [missing_count, b.const(np.array(h.columns, np.int64), f"{h.model}.columns")],
-                       f"{h.model}.missing_cells", axis=1)
-        count = b.reduce("ReduceSum", cells, 1, 0, f"{h.model}.missing_count")
+        # missing cells among the model's columns: one MatMul with its 0/1 column indicator (exact for
+        # counts of 0/1 values; onnxruntime's Gather(axis=1) + ReduceSum copied element by element)
+        indicator = np.zeros(b.input_width, np.float32)
+        indicator[list(h.columns)] = 1
+        count = b.node("MatMul", [missing_count, b.const(indicator, f"{h.model}.columns")], f"{h.model}.missing_count")
         ok = b.node("Less", [count, b.const(np.array(0.5, np.float32), "half")], f"{h.model}.available")
         if rank > 1:
             ok = b.unsqueeze(ok, list(range(1, rank)), f"{h.model}.available_rows")
@@ -675,7 +678,8 @@ def build_combiner(mapping: FeatureMapping, heads: list[Head], fresh: Callable[[
     spec = mapping.combiner
     if spec.kind not in COMBINERS:
         raise incompatible(mapping.source, f"combiner {spec.kind!r} is not available yet")
-    builder = Builder(fresh, opset, mapping.input.name, FLOAT if mapping.input.dtype == "float32" else DOUBLE)
+    builder = Builder(fresh, opset, mapping.input.name, FLOAT if mapping.input.dtype == "float32" else DOUBLE,
+                      len(mapping.input.columns))
     COMBINERS[spec.kind][0](spec, heads, builder, mapping.source, prepared or Prepared())
     return builder.graph
 
