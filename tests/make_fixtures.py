@@ -6,14 +6,20 @@ all), so tests can merge any two fixtures of a dataset. FIXTURES below says whic
 trained on and which classes its probability columns stand for; tests import it (this module imports
 no converter at import time).
 
+TYPED below are models whose inputs are not one float table (string and int64 categories, whole
+image and token-id tensors, several inputs); TYPED_INPUTS says what merged inputs their datasets give
+and typed_data() makes their rows.
+
     .venv/bin/python tests/make_fixtures.py            # skl2onnx + onnxmltools fixtures
     /tmp/torchenv/bin/python tests/make_fixtures.py --torch
                                                       # torch.onnx.export fixtures: a throwaway venv with
                                                       # torch==2.13.0, onnx, onnxscript, scikit-learn
+                                                      # (or `pip install torch==2.13.0 onnxscript` in .venv)
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 import warnings
@@ -278,13 +284,237 @@ def make_torch_fixtures() -> None:
     export("diabetes_torch_dynamo", Head(net, "flat", float(y.std()), float(y.mean())), X.shape[1], dynamo=True)
 
 
+# ---------------------------------------------------------------------------- typed inputs
+
+
+@dataclass(frozen=True)
+class TypedFixture:
+    """A committed model whose inputs are not one float table: what feeds each of its inputs."""
+
+    dataset: str  # shop | digits: see TYPED_INPUTS and typed_data
+    inputs: tuple[tuple[str, str | tuple[str, ...]], ...]  # model input -> a whole merged input, or table columns
+    converter: str  # skl2onnx | torch
+    classes: tuple[Any, ...]
+    mapping: tuple[tuple[str, Any], ...] = ()
+    note: str = ""
+
+
+STATS = ("ink", "top", "bottom", "left", "right", "center")  # digits: mean ink of the whole image and of parts
+
+# dataset -> its merged inputs in order: name -> (dtype, table columns, or None for a whole tensor)
+TYPED_INPUTS: dict[str, dict[str, tuple[str, tuple[str, ...] | None]]] = {
+    "shop": {"numbers": ("float32", ("price", "weight")), "labels": ("string", ("color", "city")),
+             "codes": ("int64", ("size",))},
+    "digits": {"image": ("float32", None), "stats": ("float32", STATS), "tokens": ("int64", None)},
+}
+DIGITS = tuple(range(10))
+
+TYPED: dict[str, TypedFixture] = {
+    "shop_onehot_str": TypedFixture("shop", (("color", ("color",)), ("price", ("price",)), ("weight", ("weight",))),
+                                    "skl2onnx", (0, 1),
+                                    note="ColumnTransformer(OneHotEncoder on a string column, StandardScaler) + "
+                                         "LogisticRegression, one [N, 1] input per DataFrame column, ZipMap"),
+    "shop_onehot_int": TypedFixture("shop", (("size", ("size",)), ("weight", ("weight",))), "skl2onnx", (0, 1),
+                                    note="ColumnTransformer(OneHotEncoder on an int64 column, passthrough) + "
+                                         "RandomForest, zipmap=False"),
+    "shop_ordinal_str": TypedFixture("shop", (("labels", ("city", "color")),), "skl2onnx", (0, 1),
+                                     note="OrdinalEncoder (ONNX LabelEncoder keys_strings) on a [N, 2] string "
+                                          "input + DecisionTree, zipmap=False"),
+    "shop_lr": TypedFixture("shop", (("X", ("price", "weight")),), "skl2onnx", (0, 1),
+                            note="LogisticRegression on two float columns, ZipMap: the numeric partner"),
+    "digits_cnn": TypedFixture("digits", (("image", "image"),), "torch", DIGITS, (("classes", list(DIGITS)),),
+                               note="Conv-ReLU-MaxPool-Linear-softmax on [N, 1, 8, 8], torch.onnx.export(dynamo=False)"),
+    "digits_cnn_dynamo": TypedFixture("digits", (("image", "image"),), "torch", DIGITS, (("classes", list(DIGITS)),),
+                                      note="two Conv-ReLU, Linear, softmax on [N, 1, 8, 8], "
+                                           "torch.onnx.export(dynamo=True)"),
+    "digits_fusion": TypedFixture("digits", (("image", "image"), ("meta", ("ink", "top", "left"))), "torch", DIGITS,
+                                  (("classes", list(DIGITS)),),
+                                  note="image [N, 1, 8, 8] + meta [N, 3] columns, two inputs, dynamo=False"),
+    "digits_tokens": TypedFixture("digits", (("tokens", "tokens"),), "torch", DIGITS, (("classes", list(DIGITS)),),
+                                  note="int64 token ids [N, 16] (a 4x4 image, 17 levels): Embedding, mean, "
+                                       "Linear, softmax, dynamo=False"),
+    "digits_stats_lr": TypedFixture("digits", (("X", STATS),), "skl2onnx", DIGITS,
+                                    note="LogisticRegression on the six ink statistics, zipmap=False"),
+}
+
+
+@functools.cache
+def typed_data(dataset: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every merged input of a TYPED dataset (tables [N, k], string ones as object arrays) and the targets.
+
+    Cached: callers must not change the arrays."""
+    if dataset == "shop":
+        rng = np.random.default_rng(7)
+        n = 400
+        color = rng.choice(["red", "green", "blue", "black"], n)
+        city = rng.choice(["Paris", "Lima", "Oslo"], n)
+        size = rng.integers(1, 6, n)
+        price = rng.gamma(3.0, 10.0, n)
+        weight = rng.normal(2.0, 0.5, n)
+        score = (0.04 * price - 0.8 * weight + np.select([color == "red", color == "blue"], [1.5, -1.0], 0.0)
+                 + 0.6 * (size - 3) + np.where(city == "Oslo", 1.0, 0.0) + rng.normal(0, 0.7, n))
+        inputs = {"numbers": np.stack([price, weight], axis=1).astype(np.float32),
+                  "labels": np.stack([color, city], axis=1).astype(object),
+                  "codes": size.reshape(-1, 1).astype(np.int64)}
+        return inputs, (score > np.median(score)).astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    image = digits.images.astype(np.float32).reshape(-1, 1, 8, 8)
+    pixels = digits.images / 16.0
+    stats = np.stack([pixels.mean(axis=(1, 2)), pixels[:, :4].mean(axis=(1, 2)), pixels[:, 4:].mean(axis=(1, 2)),
+                      pixels[:, :, :4].mean(axis=(1, 2)), pixels[:, :, 4:].mean(axis=(1, 2)),
+                      pixels[:, 2:6, 2:6].mean(axis=(1, 2))], axis=1).astype(np.float32)
+    tokens = np.rint(digits.images.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4))).astype(np.int64).reshape(-1, 16)
+    return {"image": image, "stats": stats, "tokens": tokens}, np.asarray(digits.target, dtype=np.int64)
+
+
+def typed_column(dataset: str, column: str) -> np.ndarray:
+    """One table column of a TYPED dataset as an [N, 1] array."""
+    inputs, _ = typed_data(dataset)
+    for name, (_, columns) in TYPED_INPUTS[dataset].items():
+        if columns is not None and column in columns:
+            return inputs[name][:, [columns.index(column)]]
+    raise KeyError(column)
+
+
+def typed_feed(name: str) -> dict[str, np.ndarray]:
+    """What each input of a TYPED fixture reads, on every row of its dataset (its own dtypes)."""
+    fixture = TYPED[name]
+    inputs, _ = typed_data(fixture.dataset)
+    feed = {}
+    for model_input, source in fixture.inputs:
+        if isinstance(source, str):
+            feed[model_input] = inputs[source]
+        else:
+            feed[model_input] = np.concatenate([typed_column(fixture.dataset, c) for c in source], axis=1)
+    return feed
+
+
+def make_typed_converter_fixtures() -> None:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    onnx_type = {"O": StringTensorType, "i": Int64TensorType, "f": FloatTensorType}
+
+    def typed(name: str, model: Any, **options: Any) -> None:
+        feed = typed_feed(name)
+        _, y = typed_data(TYPED[name].dataset)
+        # a DataFrame-like [N, k] object array keeps each column's type for the ColumnTransformer
+        X = np.concatenate([v.astype(object) for v in feed.values()], axis=1)
+        model.fit(X if len(feed) > 1 else next(iter(feed.values())), y)
+        types = [(k, onnx_type[v.dtype.kind]([None, v.shape[1]])) for k, v in feed.items()]
+        save(name, to_onnx(model, initial_types=types, options=options or None,
+                           target_opset={"": 17, "ai.onnx.ml": 3}))
+
+    lr = LogisticRegression(max_iter=2000)
+    typed("shop_onehot_str", Pipeline([("columns", ColumnTransformer([
+        ("color", OneHotEncoder(handle_unknown="ignore"), [0]), ("scaled", StandardScaler(), [1, 2])])),
+        ("lr", lr)]))
+    typed("shop_onehot_int", Pipeline([("columns", ColumnTransformer([
+        ("size", OneHotEncoder(handle_unknown="ignore"), [0]), ("rest", "passthrough", [1])])),
+        ("rf", RandomForestClassifier(n_estimators=6, max_depth=4, random_state=0))]), zipmap=False)
+    typed("shop_ordinal_str", Pipeline([("codes", OrdinalEncoder()),
+                                        ("tree", DecisionTreeClassifier(max_depth=4, random_state=0))]), zipmap=False)
+    typed("shop_lr", LogisticRegression(max_iter=2000))
+    typed("digits_stats_lr", Pipeline([("scaled", StandardScaler()), ("lr", LogisticRegression(max_iter=2000))]),
+          zipmap=False)
+
+
+def make_typed_torch_fixtures() -> None:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    inputs, y = typed_data("digits")
+    train = slice(0, 1200)  # the rows after these are held out (samples/images scores on them)
+
+    class Probabilities(nn.Module):
+        """A network over named inputs with a softmax on top, as users export a classifier."""
+
+        def __init__(self, body: nn.Module) -> None:
+            super().__init__()
+            self.body = body
+
+        def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.body(*xs), dim=1)
+
+    class Fusion(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+            self.head = nn.Linear(4 * 16 + 3, 10)
+
+        def forward(self, image: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.cat([self.conv(image / 16.0), meta], dim=1))
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(17, 8)
+            self.head = nn.Linear(8, 10)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embed(tokens).mean(dim=1))
+
+    class Scaled(nn.Module):
+        def __init__(self, body: nn.Module) -> None:
+            super().__init__()
+            self.body = body
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.body(image / 16.0)
+
+    def fit(net: nn.Module, xs: list[torch.Tensor], steps: int = 150) -> nn.Module:
+        target = torch.tensor(y[train])
+        opt = torch.optim.Adam(net.parameters(), lr=0.02)
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(*[x[train] for x in xs]), target).backward()
+            opt.step()
+        return Probabilities(net).eval()
+
+    def export(name: str, model: nn.Module, xs: list[torch.Tensor], names: list[str], dynamo: bool) -> None:
+        path = HERE / f"{name}.onnx"
+        example = tuple(x[:4] for x in xs)
+        if dynamo:
+            batch = torch.export.Dim("batch")
+            torch.onnx.export(model, example, str(path), dynamo=True, external_data=False, input_names=names,
+                              output_names=["probabilities"], dynamic_shapes=(tuple({0: batch} for _ in xs),))
+        else:
+            axes = {n: {0: "batch"} for n in [*names, "probabilities"]}
+            torch.onnx.export(model, example, str(path), dynamo=False, input_names=names,
+                              output_names=["probabilities"], dynamic_axes=axes)
+        print(f"{path.name}: {path.stat().st_size} bytes")
+
+    image = torch.tensor(inputs["image"])
+    meta = torch.tensor(inputs["stats"][:, [STATS.index(c) for c in ("ink", "top", "left")]])
+    tokens = torch.tensor(inputs["tokens"])
+    cnn = Scaled(nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                               nn.Linear(6 * 16, 10)))
+    export("digits_cnn", fit(cnn, [image]), [image], ["image"], dynamo=False)
+    deeper = Scaled(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.ReLU(), nn.Flatten(),
+                                  nn.Linear(8 * 16, 10)))
+    export("digits_cnn_dynamo", fit(deeper, [image]), [image], ["image"], dynamo=True)
+    export("digits_fusion", fit(Fusion(), [image, meta]), [image, meta], ["image", "meta"], dynamo=False)
+    export("digits_tokens", fit(Tokens(), [tokens], steps=300), [tokens], ["tokens"], dynamo=False)
+
+
 def main(argv: list[str]) -> None:
     HERE.mkdir(exist_ok=True)
     warnings.simplefilter("ignore")  # convergence and deprecation chatter from the trainers
     if "--torch" in argv:
         make_torch_fixtures()
+        make_typed_torch_fixtures()
     else:
         make_converter_fixtures()
+        make_typed_converter_fixtures()
 
 
 if __name__ == "__main__":
