@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import MergeError, bad_input, usage
+from .document import read_document
+from .errors import MergeError, bad_input, incompatible, usage
+from .inputs import MergedInputs, TableInput, TensorInput, canonical_inputs, family, parse_inputs
+from .inputs import kind_of as _kind
 
 Dtype = Literal["float32", "float64"]
 Task = Literal["classification", "regression"]
 COMBINERS = ("mean", "weighted", "sum", "max", "min", "concat", "vote", "stack", "gate", "onnx")
-MAX_MAPPING_BYTES = 16 * 1024 * 1024
 MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
-TOP_KEYS = {"version", "input", "models", "combiner"}
+TOP_KEYS = {"version", "input", "inputs", "models", "combiner"}
 INPUT_KEYS = {"name", "columns", "dtype"}
-MODEL_KEYS = {"path", "columns", "inputs", "output", "weight", "task", "classes"}
+MODEL_KEYS = {"path", "columns", "input", "inputs", "output", "weight", "task", "classes"}
 # Combiner keys by kind; "kind" is allowed for all.
 COMBINER_KEYS: dict[str, set[str]] = {
     "mean": set(),
@@ -37,26 +37,17 @@ COMBINER_KEYS: dict[str, set[str]] = {
 }
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """The merged model's one input: a row of named columns."""
-
-    name: str
-    columns: tuple[str, ...]
-    dtype: Dtype = "float32"
-
-    @functools.cached_property
-    def position(self) -> dict[str, int]:
-        """Column name -> index (wide tables have thousands of columns: no list searches)."""
-        return {c: i for i, c in enumerate(self.columns)}
+InputSpec = TableInput  # what `[input]` declares: the merged model's one table
 
 
 @dataclass(frozen=True)
 class Route:
-    """Columns (indices into InputSpec.columns) fed to one model input; input None = the only one."""
+    """What feeds one model input (None: its only input): columns, numbered across the merged input's
+    tables (see inputs.MergedInputs), or `whole`, the name of a merged tensor input passed as it is."""
 
     input: str | None
     columns: tuple[int, ...]
+    whole: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,9 +81,17 @@ class CombinerSpec:
 @dataclass(frozen=True)
 class FeatureMapping:
     source: Path
-    input: InputSpec
+    inputs: MergedInputs
     models: tuple[ModelSpec, ...]
     combiner: CombinerSpec = field(default_factory=CombinerSpec)
+
+    @property
+    def input(self) -> InputSpec:
+        """The one float table of an `[input]` mapping (or of an `[inputs.*]` mapping that declares only that)."""
+        if not self.inputs.single_table or self.inputs.items[0].dtype not in ("float32", "float64"):
+            raise incompatible(self.source, "this merge-models merges [inputs.*] mappings of one float table only",
+                               "declare one float32 or float64 table")
+        return self.inputs.tables[0]
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
@@ -107,96 +106,6 @@ def load_mapping(path: Path) -> FeatureMapping:
     return parse_mapping(doc, path)
 
 
-def read_document(path: Path) -> dict[str, Any]:
-    """Decode TOML, JSON or YAML (by extension) strictly: no BOM, no duplicate keys, no NaN."""
-    try:
-        if not path.exists():
-            raise bad_input(path, "no such mapping file")
-        if path.is_dir():
-            raise bad_input(path, "is a directory, not a mapping file")
-        size = path.stat().st_size
-        if size > MAX_MAPPING_BYTES:
-            raise bad_input(path, f"mapping file is {size} bytes; more than {MAX_MAPPING_BYTES} is refused")
-        with open(path, "rb") as f:  # capped: a pipe or /dev/zero has no size to check first
-            raw = f.read(MAX_MAPPING_BYTES + 1)
-        if len(raw) > MAX_MAPPING_BYTES:
-            raise bad_input(path, f"mapping file is over {MAX_MAPPING_BYTES} bytes; more is refused")
-    except OSError as e:
-        raise bad_input(path, f"cannot read mapping file: {e.strerror or e}") from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raise bad_input(path, "starts with a UTF-8 byte-order mark", "save the file as UTF-8 without a BOM")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise bad_input(path, f"is not valid UTF-8 (byte {e.start})", "save the file as UTF-8") from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            doc: Any = tomllib.loads(text)
-        elif suffix == ".json":
-            doc = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-        elif suffix in (".yaml", ".yml"):
-            doc = _load_yaml(text, path)
-        else:
-            raise bad_input(path, f"unknown mapping format {suffix or '(no extension)'!r}",
-                            "name the file .toml, .json or .yaml")
-    except MergeError:
-        raise
-    except tomllib.TOMLDecodeError as e:
-        raise bad_input(path, f"invalid TOML: {e}") from None
-    except json.JSONDecodeError as e:
-        raise bad_input(path, f"invalid JSON: {e}") from None
-    except _DocumentError as e:
-        raise bad_input(path, str(e)) from None
-    except RecursionError:
-        raise bad_input(path, "nested too deeply to be a mapping file") from None
-    if not isinstance(doc, dict):
-        raise bad_input(path, f"the top level must be a table/object, not {_kind(doc)}")
-    return doc
-
-
-class _DocumentError(ValueError):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DocumentError(f"invalid JSON: duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise _DocumentError(f"invalid JSON: {name} is not a number JSON allows")
-
-
-def _load_yaml(text: str, path: Path) -> Any:
-    try:
-        import yaml
-    except ImportError:
-        raise bad_input(path, "YAML mapping files need PyYAML", "pip install 'merge-models[yaml]' or use TOML") from None
-
-    class StrictLoader(yaml.SafeLoader):
-        pass
-
-    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-        keys = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-            if key in keys:
-                raise _DocumentError(f"invalid YAML: duplicate key {key!r} (line {key_node.start_mark.line + 1})")
-            keys.add(key)
-        return loader.construct_mapping(node)
-
-    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        raise _DocumentError(f"invalid YAML: {str(e).splitlines()[0]}") from None
-
-
 # ---------------------------------------------------------------------------- validation
 
 
@@ -207,30 +116,27 @@ def parse_mapping(doc: dict[str, Any], source: Path) -> FeatureMapping:
     version = doc.get("version", 1)
     if version != 1 or isinstance(version, bool):
         raise v.error("version", f"unsupported version {version!r}", "this merge-models reads version = 1")
-    inp = v.table(doc, "input", required=True)
-    v.keys(inp, INPUT_KEYS, "input")
-    name = v.string(inp.get("name", "features"), "input.name")
-    columns = v.string_list(inp.get("columns"), "input.columns")
-    if not columns:
-        raise v.error("input.columns", "no columns", 'list the merged input\'s columns, e.g. columns = ["A", "B"]')
-    seen: set[str] = set()
-    for i, c in enumerate(columns):
-        if c in seen:
-            raise v.error(f"input.columns[{i}]", f"column {c!r} is listed twice", "column names must be unique")
-        seen.add(c)
-    dtype = inp.get("dtype", "float32")
-    if dtype not in ("float32", "float64"):
-        raise v.error("input.dtype", f"unsupported dtype {dtype!r}", 'use "float32" or "float64"')
-    input_spec = InputSpec(name=name, columns=tuple(columns), dtype=dtype)
+    if "inputs" in doc:
+        if "input" in doc:
+            raise v.error("input", "give [input] or [inputs.*] tables, not both",
+                          "[input] is the shorthand for one table, [inputs.features]: move it there")
+        inputs = parse_inputs(doc["inputs"], v.error)
+    else:
+        inputs = MergedInputs((v.input(v.table(doc, "input", required=True)),))
 
     models_doc = v.table(doc, "models", required=True)
     if not models_doc:
         raise v.error("models", "no models", "add a [models.<name>] table per model")
-    models = tuple(v.model(mname, mdoc, input_spec) for mname, mdoc in models_doc.items())
+    models = tuple(v.model(mname, mdoc, inputs) for mname, mdoc in models_doc.items())
+    bound = {r.whole for m in models for r in m.routes}
+    for item in inputs.items:
+        if isinstance(item, TensorInput) and item.shape is None and item.name not in bound:
+            raise v.error(f"inputs.{item.name}", "no model is bound to it and it has no shape",
+                          f'bind a model to it (input = "{item.name}"), give its shape, or remove it')
 
     comb_doc = v.table(doc, "combiner", required=False)
-    combiner = v.combiner(comb_doc, input_spec)
-    return FeatureMapping(source=source, input=input_spec, models=models, combiner=combiner)
+    combiner = v.combiner(comb_doc, inputs)
+    return FeatureMapping(source=source, inputs=inputs, models=models, combiner=combiner)
 
 
 class _Validator:
@@ -240,6 +146,23 @@ class _Validator:
 
     def error(self, key: str, message: str, hint: str | None = None) -> MergeError:
         return bad_input(self.source, f"{key}: {message}" if key else message, hint)
+
+    def input(self, inp: dict[str, Any]) -> InputSpec:
+        """`[input]`: one float table, named `features` unless it says otherwise."""
+        self.keys(inp, INPUT_KEYS, "input")
+        name = self.string(inp.get("name", "features"), "input.name")
+        columns = self.string_list(inp.get("columns"), "input.columns")
+        if not columns:
+            raise self.error("input.columns", "no columns", 'list the merged input\'s columns, e.g. columns = ["A", "B"]')
+        seen: set[str] = set()
+        for i, c in enumerate(columns):
+            if c in seen:
+                raise self.error(f"input.columns[{i}]", f"column {c!r} is listed twice", "column names must be unique")
+            seen.add(c)
+        dtype = inp.get("dtype", "float32")
+        if dtype not in ("float32", "float64"):
+            raise self.error("input.dtype", f"unsupported dtype {dtype!r}", 'use "float32" or "float64"')
+        return InputSpec(name=name, columns=tuple(columns), dtype=dtype)
 
     def keys(self, table: dict[str, Any], allowed: set[str], where: str) -> None:
         for k in table:
@@ -277,11 +200,13 @@ class _Validator:
             raise self.error(key, f"must be >= {minimum}, not {value}")
         return float(value)
 
-    def columns(self, value: Any, key: str, spec: InputSpec) -> tuple[int, ...]:
+    def columns(self, value: Any, key: str, spec: MergedInputs, one_family: bool = True) -> tuple[int, ...]:
+        """Column names (of any tables, one dtype family) or 0-based indices, as numbers across the tables."""
         if not isinstance(value, list) or not value:
             raise self.error(key, f"must be a non-empty list of column names or indices, not {_kind(value)}")
         out: list[int] = []
         seen: set[int] = set()
+        where_from = "input.columns" if spec.single_table else "the [inputs.*] tables"
         for i, c in enumerate(value):
             where = f"{key}[{i}]"
             if isinstance(c, bool) or not isinstance(c, (int, str)):
@@ -289,26 +214,44 @@ class _Validator:
             if isinstance(c, int):
                 if not 0 <= c < len(spec.columns):
                     raise self.error(where, f"column index {c} is out of range",
-                                     f"indices are 0-based into input.columns (0..{len(spec.columns) - 1})")
+                                     f"indices are 0-based into {where_from} (0..{len(spec.columns) - 1})")
                 index = c
             else:
                 if c not in spec.position:
                     raise self.error(where, f"unknown column {c!r}",
-                                     f"use a name from input.columns ({_preview(spec.columns)}) or a 0-based index")
+                                     f"use a name from {where_from} ({_preview(spec.columns)}) or a 0-based index")
                 index = spec.position[c]
             if index in seen:
                 raise self.error(where, f"column {spec.columns[index]!r} is repeated",
                                  "list each column once per model input")
+            if one_family and out and family(spec.dtype_of(index)) != family(spec.dtype_of(out[0])):
+                first, this = spec.columns[out[0]], spec.columns[index]
+                raise self.error(where, f"column {this!r} is {spec.dtype_of(index)} but {first!r} is "
+                                 f"{spec.dtype_of(out[0])}", "a model input takes numeric columns or string "
+                                 "columns, not both: bind them to separate inputs")
             out.append(index)
             seen.add(index)
         return tuple(out)
+
+    def binding(self, value: Any, key: str, model_input: str | None, spec: MergedInputs) -> Route:
+        """What feeds one model input: a list of columns, or the name of a whole merged input."""
+        if not isinstance(value, str):
+            return Route(model_input, self.columns(value, key, spec))
+        item = spec.named(value)
+        if item is None:
+            names = ", ".join(i.name for i in spec.items)
+            raise self.error(key, f"unknown merged input {value!r}",
+                             f"name one of the mapping's inputs ({names}), or list columns, e.g. [{value!r}]")
+        if isinstance(item, TableInput):  # a whole table: all its columns, routed like any others
+            return Route(model_input, tuple(spec.position[c] for c in item.columns))
+        return Route(model_input, (), whole=item.name)
 
     def path(self, value: Any, key: str) -> Path:
         if not isinstance(value, str) or not value:
             raise self.error(key, f"must be a file path string, not {_kind(value)}")
         return self.base / value
 
-    def model(self, name: str, doc: Any, spec: InputSpec) -> ModelSpec:
+    def model(self, name: str, doc: Any, spec: MergedInputs) -> ModelSpec:
         where = f"models.{name}"
         if not MODEL_NAME.match(name):
             raise self.error(where, f"model name {name!r} is not usable as a graph prefix",
@@ -317,16 +260,20 @@ class _Validator:
             raise self.error(where, f"must be a table, not {_kind(doc)}")
         self.keys(doc, MODEL_KEYS, where)
         path = self.path(doc["path"], f"{where}.path") if "path" in doc else Path()
-        if ("columns" in doc) == ("inputs" in doc):
-            raise self.error(where, "give exactly one of columns or inputs",
-                             'columns = ["A", "B"] for a one-input model, inputs = { x = ["A"], y = ["B"] } otherwise')
+        if sum(k in doc for k in ("columns", "input", "inputs")) != 1:
+            raise self.error(where, "give exactly one of columns, input or inputs",
+                             'columns = ["A", "B"] or input = "image" for a one-input model, '
+                             'inputs = { x = ["A"], y = "image" } otherwise')
         if "columns" in doc:
             routes: tuple[Route, ...] = (Route(None, self.columns(doc["columns"], f"{where}.columns", spec)),)
+        elif "input" in doc:
+            whole = self.string(doc["input"], f"{where}.input")
+            routes = (self.binding(whole, f"{where}.input", None, spec),)
         else:
             inputs = doc["inputs"]
             if not isinstance(inputs, dict) or not inputs:
                 raise self.error(f"{where}.inputs", f"must be a table of input name -> columns, not {_kind(inputs)}")
-            routes = tuple(Route(str(k), self.columns(v, f"{where}.inputs.{k}", spec)) for k, v in inputs.items())
+            routes = tuple(self.binding(v, f"{where}.inputs.{k}", str(k), spec) for k, v in inputs.items())
         output = self.string(doc["output"], f"{where}.output") if "output" in doc else None
         weight = self.number(doc["weight"], f"{where}.weight", 0.0) if "weight" in doc else None
         task = doc.get("task")
@@ -352,7 +299,7 @@ class _Validator:
             return strs
         raise self.error(key, "class labels must be all integers or all strings")
 
-    def combiner(self, doc: dict[str, Any], spec: InputSpec) -> CombinerSpec:
+    def combiner(self, doc: dict[str, Any], spec: MergedInputs) -> CombinerSpec:
         kind = doc.get("kind", "mean")
         if kind not in COMBINERS:
             raise self.error("combiner.kind", f"unknown combiner {kind!r}", f"use one of {', '.join(COMBINERS)}")
@@ -365,7 +312,11 @@ class _Validator:
         if "target" in doc:
             out = replace(out, target=self.string(doc["target"], "combiner.target"))
         if doc.get("passthrough", []) != []:  # [] (as the canonical mapping records it) means none
-            out = replace(out, passthrough=self.columns(doc["passthrough"], "combiner.passthrough", spec))
+            out = replace(out, passthrough=self.columns(doc["passthrough"], "combiner.passthrough", spec, False))
+            strings = [spec.columns[c] for c in out.passthrough if family(spec.dtype_of(c)) == "string"]
+            if strings:
+                raise self.error("combiner.passthrough", f"column {strings[0]!r} is a string column",
+                                 "passthrough takes numeric columns only")
         if "alpha" in doc:
             out = replace(out, alpha=self.number(doc["alpha"], "combiner.alpha", 0.0))
         if "folds" in doc:
@@ -457,7 +408,8 @@ def canonical(mapping: FeatureMapping, relative_to: Path) -> dict[str, Any]:
     for m in mapping.models:
         entry: dict[str, Any] = {
             "path": rel(m.path),
-            "inputs": [{"input": r.input, "columns": [mapping.input.columns[c] for c in r.columns]}
+            "inputs": [{"input": r.input, "whole": r.whole} if r.whole is not None else
+                       {"input": r.input, "columns": [mapping.inputs.columns[c] for c in r.columns]}
                        for r in m.routes],
         }
         for key in ("output", "weight", "task"):
@@ -470,17 +422,18 @@ def canonical(mapping: FeatureMapping, relative_to: Path) -> dict[str, Any]:
     comb: dict[str, Any] = {"kind": c.kind}
     if c.kind == "stack":
         comb |= {"data": rel(c.data), "target": c.target, "alpha": c.alpha, "folds": c.folds,
-                 "passthrough": [mapping.input.columns[i] for i in c.passthrough]}
+                 "passthrough": [mapping.inputs.columns[i] for i in c.passthrough]}
     if c.kind == "gate":
         comb["missing_label"] = c.missing_label
     if c.kind == "onnx":
         comb["path"] = rel(c.path)
-    return {
-        "version": 1,
-        "input": {"name": mapping.input.name, "columns": list(mapping.input.columns), "dtype": mapping.input.dtype},
-        "models": models,
-        "combiner": comb,
-    }
+    inputs: dict[str, Any]
+    if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):
+        table = mapping.inputs.tables[0]  # as before [inputs.*]: merged files record the same mapping
+        inputs = {"input": {"name": table.name, "columns": list(table.columns), "dtype": table.dtype}}
+    else:
+        inputs = {"inputs": canonical_inputs(mapping.inputs)}
+    return {"version": 1, **inputs, "models": models, "combiner": comb}
 
 
 def canonical_json(data: Any) -> str:
@@ -494,22 +447,6 @@ def _relpath(p: Path, start: Path) -> str:
         return Path(os.path.relpath(p.resolve(), start.resolve())).as_posix()
     except ValueError:  # another drive on Windows
         return p.resolve().as_posix()
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"number {value!r}"
-    if isinstance(value, str):
-        return f"string {value!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a table"
-    if value is None:
-        return "null"
-    return type(value).__name__
 
 
 def _preview(columns: tuple[str, ...]) -> str:

@@ -59,7 +59,7 @@ RULES = [
     ("float-column", lambda d: d["models"]["a"].update(columns=[1.5, 0]), 3, ["models.a.columns[0]", "1.5"], None),
     ("empty-columns", lambda d: d["models"]["a"].update(columns=[]), 3, ["models.a.columns"], None),
     ("columns-and-inputs", lambda d: d["models"]["a"].update(inputs={"x": ["A"]}), 3,
-     ["models.a", "exactly one of columns or inputs"], None),
+     ["models.a", "exactly one of columns, input or inputs"], None),
     ("duplicate-input-column", lambda d: d["input"].update(columns=["A", "B", "A"]), 3,
      ["input.columns[2]", "listed twice"], None),
     ("no-input-table", lambda d: d.pop("input"), 3, ["missing [input]"], None),
