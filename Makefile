@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint bench samples fixtures clean
+.PHONY: help install demo test lint bench samples fixtures dist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -36,8 +36,12 @@ bench: install ## measure merge time, memory, inference and start-up against the
 samples: install ## regenerate the sample models (needs only the test extra)
 	$(BIN)/python samples/make_samples.py
 
-fixtures: install ## regenerate tests/fixtures from skl2onnx and onnxmltools (torch ones: see README)
+fixtures: install ## regenerate tests/fixtures from skl2onnx and onnxmltools (torch ones: see docs/architecture.md)
 	$(BIN)/python tests/make_fixtures.py
 
+dist: install ## build the wheel into dist/ (pip install dist/merge_models-*.whl elsewhere)
+	rm -f dist/merge_models-*.whl
+	$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+
 clean: ## remove the virtualenv and build outputs
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

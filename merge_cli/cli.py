@@ -167,6 +167,9 @@ def init(
     out: Annotated[Path, typer.Option("--out", "-o", help="The mapping file to write ('-' prints it).",
                                       metavar="FILE")]
     = Path("features.toml"),
+    columns_from: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--columns-from", help="A CSV file whose header names the columns (the models read them in turn); "
+                               "default: placeholder names <model>_<i>.", show_default=False, metavar="CSV")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the mapping file if it exists.")] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -186,7 +189,7 @@ def init(
         if to_stdout and json_output:
             raise usage(None, "--out - prints the mapping on stdout, where --json prints its document",
                         "give --out FILE with --json")
-        starter = starter_mapping(models, None if to_stdout else out)
+        starter = starter_mapping(models, None if to_stdout else out, columns_from)
         if to_stdout:
             sys.stdout.write(starter.text)
         else:
@@ -329,9 +332,13 @@ def _progress(silent: bool) -> Iterator[Callable[[str], None] | None]:
 
 
 def _console() -> Console:
+    """stdout as rich sees it. Piped into a file or a CI log, lines are never wrapped, and tables are cut
+    to $COLUMNS only when it is set: rich's 80-column default would break phrases mid-way."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    terminal = sys.stdout.isatty()
+    width = None if terminal or os.environ.get("COLUMNS") else 100_000
+    return Console(highlight=False, soft_wrap=not terminal, width=width)
 
 
 Cell = Any  # str or rich.text.Text

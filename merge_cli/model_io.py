@@ -345,9 +345,7 @@ def hash_in_background(paths: list[Path]) -> dict[Path, Future[str]]:
 
 def check_output_path(out: Path, inputs: list[Path]) -> None:
     """Refuse, before any work, an output that cannot be written or would overwrite an input."""
-    parent = out.parent
-    if not parent.exists():
-        raise cannot_write(out, f"directory {str(parent)!r} does not exist", "create it first")
+    parent = _existing_ancestor(out.parent)  # folders still missing are made when the output is written
     if not parent.is_dir():
         raise cannot_write(out, f"{str(parent)!r} is not a directory")
     if out.is_dir():
@@ -369,6 +367,13 @@ def check_output_path(out: Path, inputs: list[Path]) -> None:
                 raise cannot_write(out, f"would overwrite the input {str(inp)!r}", "choose another --out")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise cannot_write(out, f"directory {str(parent)!r} is not writable")
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    """The folder itself, or the nearest folder above it that exists."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def _name_max(directory: Path) -> int:
@@ -413,10 +418,39 @@ def scratch_dir(parent: Path | None, prefix: str, suffix: str = "",
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def staging_dir(out: Path) -> contextlib.AbstractContextManager[Path]:
-    """A private directory beside `out` for the files being written; removed whatever happens."""
-    return scratch_dir(out.parent, f".{out.name[:64]}.", ".tmp", lambda e: cannot_write(
-        out, f"cannot create a temporary folder in {str(out.parent)!r}: {e.strerror}"))
+@contextmanager
+def staging_dir(out: Path) -> Iterator[Path]:
+    """A private directory beside `out` for the files being written; removed whatever happens.
+
+    `out`'s folder is made if it is missing (as `mkdir -p` would), and removed again, if still empty,
+    when nothing was written: `--out build/merged.onnx` works on a fresh clone.
+    """
+    made = make_folders(out.parent)
+    try:
+        with scratch_dir(out.parent, f".{out.name[:64]}.", ".tmp", lambda e: cannot_write(
+                out, f"cannot create a temporary folder in {str(out.parent)!r}: {e.strerror}")) as tmp:
+            yield tmp
+    except BaseException:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Make `folder` and the missing folders above it; return the ones made, outermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir()
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise cannot_write(made, f"cannot create the folder: {e.strerror}") from None
+    return missing[::-1]
 
 
 def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool,

@@ -8,6 +8,7 @@ called and which of them the models share.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import cannot_write
+from .errors import bad_input, cannot_write, incompatible
 from .inspection import ModelInfo, describe, input_width, model_name
 from .mapping import COMBINERS, parse_mapping
-from .model_io import check_output_path
+from .model_io import check_output_path, make_folders
 from .naming import unique_name
 from .normalize import DOUBLE, SCORE_TYPES
 from .splice import ROUTABLE_TYPES, match_routes
@@ -38,6 +39,7 @@ class StarterModel:
     named: bool  # the column names come from the model's inputs, not placeholders
     output: str | None = None  # set when init had to choose the output that feeds the combiner
     notes: list[str] = field(default_factory=list)
+    from_header: bool = False  # the column names come from --columns-from's header
 
     @property
     def columns(self) -> list[str]:
@@ -55,10 +57,11 @@ class Starter:
     models: list[StarterModel]
     combiner: str
     notes: list[str] = field(default_factory=list)
+    header_notes: list[str] = field(default_factory=list)  # from --columns-from, shown at the top
 
     @property
     def placeholders(self) -> int:
-        named = {c for m in self.models if m.named for c in m.columns}
+        named = {c for m in self.models if m.named or m.from_header for c in m.columns}
         return sum(1 for c in self.columns if c not in named)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,22 +81,29 @@ class Starter:
                 "notes": m.notes,
             } for m in self.models],
             "combiner": self.combiner,
-            "notes": self.notes,
+            "notes": self.header_notes + self.notes,
         }
 
 
-def starter_mapping(paths: list[Path], out: Path | None) -> Starter:
-    """Describe each model as a merge would and lay out a mapping that merges them as written."""
+def starter_mapping(paths: list[Path], out: Path | None, columns_from: Path | None = None) -> Starter:
+    """Describe each model as a merge would and lay out a mapping that merges them as written.
+
+    With `columns_from`, a CSV file whose header names the columns, the models that would get
+    placeholder names take the header's names instead (see `name_from_header`).
+    """
     base = (out.parent if out else Path.cwd()).absolute()
     used: set[str] = set()
     models = []
     for path in paths:
         name = unique_name(model_name(path), used)
         models.append(_starter_model(path, name, base))
+    header_notes: list[str] = []
+    if columns_from is not None:
+        models, header_notes = name_from_header(models, read_header(columns_from), columns_from)
     columns = list(dict.fromkeys(c for m in models for c in m.columns))
     dtype = "float64" if any(p.elem_type == DOUBLE for m in models for p in m.info.inputs) else "float32"
     combiner, notes = _choose_combiner(models)
-    starter = Starter(out, "", columns, dtype, models, combiner, notes)
+    starter = Starter(out, "", columns, dtype, models, combiner, notes, header_notes)
     starter.text = render(starter)
     check_starter(starter, base)
     return starter
@@ -140,6 +150,64 @@ def _routes(info: ModelInfo) -> tuple[list[tuple[str | None, list[str]]], bool]:
     return routes, named
 
 
+def read_header(path: Path) -> list[str]:
+    """The column names in the first line of a CSV file (a .tsv: tab-separated)."""
+    import csv
+
+    if not path.is_file():
+        raise bad_input(path, "no such file" if not path.exists() else "is not a regular file",
+                        "--columns-from takes a CSV file whose first line names the columns")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise bad_input(path, f"cannot read the header: {e}") from None
+    header = [name.strip() for name in header]
+    if not header or not all(header):
+        raise bad_input(path, "has no header row naming every column",
+                        "--columns-from takes a CSV file whose first line names the columns")
+    repeated = sorted({n for n in header if header.count(n) > 1})
+    if repeated:
+        raise bad_input(path, f"the header names {', '.join(map(repr, repeated))} more than once")
+    return header
+
+
+def name_from_header(models: list[StarterModel], header: list[str], path: Path) -> tuple[list[StarterModel], list[str]]:
+    """Give the placeholder columns the header's names.
+
+    The models read the header's columns in turn, in the order given (the first model the first
+    columns, the next model the columns after them), as when each was trained on its block of one
+    table; when the widths add up to more than the header has but all are equal, every model reads
+    the first columns (models trained on the same table). Columns left over (a target, an id) are
+    not in the mapping; `merge --data` ignores them.
+    """
+    placeholder = [m for m in models if not m.named]
+    widths = [len(m.columns) for m in placeholder]
+    if not placeholder:
+        return models, [f"every model names its columns itself; the header of {path.name} was not needed"]
+    if sum(widths) <= len(header):
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+    elif len(set(widths)) == 1 and widths[0] <= len(header):
+        starts = [0] * len(widths)
+    else:
+        raise incompatible(path, f"the header has {len(header)} columns; the models read "
+                                 f"{' + '.join(map(str, widths))} = {sum(widths)} in turn",
+                           "give a header with each model's columns in turn, or rename the placeholders by hand")
+    renamed = {}
+    for m, start in zip(placeholder, starts, strict=True):
+        names = iter(header[start:start + len(m.columns)])
+        routes = [(port, [next(names) for _ in cols]) for port, cols in m.routes]
+        renamed[m.name] = replace(m, routes=routes, from_header=True)
+    models = [renamed.get(m.name, m) for m in models]
+    used = {c for m in models for c in m.columns}
+    unused = [c for c in header if c not in used]
+    notes = [f"column names from the header of {path.name}"]
+    if unused:
+        notes.append(f"not read by any model: {', '.join(unused)} (merge --data ignores such columns; "
+                     "a target is named by --target)")
+    return models, notes
+
+
 def _choose_combiner(models: list[StarterModel]) -> tuple[str, list[str]]:
     """mean where the models' outputs line up; concat (side by side) where they cannot be averaged."""
     parts = [m.info.part for m in models if m.info.part is not None]
@@ -177,6 +245,7 @@ def render(starter: Starter) -> str:
         "# [input].columns is the merged model's input row, in order; each model reads its columns by name,",
         "# and a column listed for several models is shared by them.",
     ]
+    lines += _notes(starter.header_notes)
     if starter.placeholders:
         lines += [
             f"# {starter.placeholders} columns have placeholder names (<model>_<i>): rename them to your feature",
@@ -273,6 +342,7 @@ def write_starter(starter: Starter, out: Path, force: bool) -> None:
     check_output_path(out, inputs)
     if out.exists() and not force:
         raise cannot_write(out, "already exists", "pass --force to replace it, or choose another --out")
+    made = make_folders(out.parent)  # `--out build/features.toml` on a fresh clone, as for merge
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # created like any new file (umask), unlike mkstemp
     try:
         with open(tmp, "x", encoding="utf-8", newline="\n") as f:
@@ -281,11 +351,14 @@ def write_starter(starter: Starter, out: Path, force: bool) -> None:
             os.replace(tmp, out)
         else:
             _place_new(tmp, out)
-    except OSError as e:
-        raise cannot_write(out, f"cannot write: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, OSError):
+            raise cannot_write(out, f"cannot write: {e.strerror or e}") from None
+        raise
 
 
 def _place_new(tmp: Path, out: Path) -> None:

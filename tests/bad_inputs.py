@@ -607,10 +607,10 @@ def mapping_is_a_directory(d: Path) -> list[str]:
 # ---------------------------------------------------------------------------- the output
 
 
-@case(ExitCode.CANNOT_WRITE, "missing/merged.onnx", "does not exist", hint=True)
-def output_directory_missing(d: Path) -> list[str]:
+@case(ExitCode.CANNOT_WRITE, "a.onnx/missing/merged.onnx", "not a directory")
+def output_directory_missing_under_a_file(d: Path) -> list[str]:
     two_regressors(d)
-    return merge_args(d, out="missing/merged.onnx")
+    return merge_args(d, out="a.onnx/missing/merged.onnx")
 
 
 @case(ExitCode.CANNOT_WRITE, "a.onnx/merged.onnx", "not a directory")

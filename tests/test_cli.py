@@ -110,9 +110,9 @@ def test_exit_4_incompatible(cli, job: Path) -> None:
     assert result.stderr.count("hint:") == 1
 
 
-@pytest.mark.parametrize("where", ["missing-dir", "is-dir", "equals-input", "equals-mapping"])
+@pytest.mark.parametrize("where", ["under-a-file", "is-dir", "equals-input", "equals-mapping"])
 def test_exit_5_output_cannot_be_written(cli, job: Path, where: str) -> None:
-    out = {"missing-dir": job / "no" / "merged.onnx", "is-dir": job, "equals-input": job / "a.onnx",
+    out = {"under-a-file": job / "a.onnx" / "no" / "merged.onnx", "is-dir": job, "equals-input": job / "a.onnx",
            "equals-mapping": job / "map.toml"}[where]
     before = digests(job)
     result = cli("merge", "--map", job / "map.toml", "--out", out)

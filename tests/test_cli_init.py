@@ -165,7 +165,7 @@ def test_init_refuses_to_overwrite_unless_forced(cli, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, code", [
-    (["--out", "{tmp}/missing-dir/features.toml"], ExitCode.CANNOT_WRITE),
+    (["--out", "{model}/missing-dir/features.toml"], ExitCode.CANNOT_WRITE),
     (["--out", "{model}", "--force"], ExitCode.CANNOT_WRITE),
     (["--out", "-", "--json"], ExitCode.USAGE),
 ])

@@ -48,16 +48,19 @@ def test_verify_finds_and_checks_the_sources(cli, merged: Path) -> None:
     assert doc["data"] is None
 
 
-def test_verify_on_real_rows(cli, merged: Path) -> None:
+def test_verify_on_real_rows(cli, merged: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = cli("verify", merged, "--data", ROWS, "--rows", "100", "--json")
     assert result.code == 0, result.stderr
     held_out = len(ROWS.read_text().splitlines()) - 1
     assert result.json["data"] == {"path": str(ROWS), "rows": held_out}
     assert result.json["verification"]["rows"] == 100 + held_out
+    monkeypatch.setenv("COLUMNS", "80")
     human = cli("verify", merged, "--data", ROWS)
     assert human.code == 0
     assert f"verified on 256 random rows + {held_out} from rows.csv: ok" in human.stdout
-    assert all(len(line) <= 80 for line in human.stdout.splitlines())
+    title, *tables = human.stdout.splitlines()
+    assert title.startswith(f"{merged}: mean of 2 models")  # a long path: one line, never wrapped
+    assert all(len(line) <= 80 for line in tables)
 
 
 def test_moved_sources_are_a_clear_error_and_source_points_at_them(cli, merged: Path) -> None:

@@ -1,0 +1,103 @@
+"""A new user's first hour (issue 13): the rough edges met on a fresh clone, each driven through the CLI."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SAMPLES, rows, run_model, save_text_model, write_mapping
+
+from merge_cli.errors import ExitCode
+
+ROWS = SAMPLES / "rows.csv"
+
+
+# ---------------------------------------------------------------------------- 4: --out in a folder not made yet
+
+
+def test_the_output_folder_is_made_when_missing(cli, tmp_path: Path) -> None:
+    out = tmp_path / "build" / "deeper" / "merged.onnx"
+    result = cli("merge", "--map", SAMPLES / "features.toml", "--out", out)
+    assert result.code == 0, result.stderr
+    X = rows(8, 30)
+    got = run_model(out, {"features": X})["probabilities"]
+    a = run_model(SAMPLES / "model_a.onnx", {"X": X[:, :15]})["probabilities"]
+    b = run_model(SAMPLES / "model_b.onnx", {"X": X[:, 15:]})["probabilities"]
+    np.testing.assert_allclose(got, (a + b) / 2, atol=1e-6)
+    init = cli("init", SAMPLES / "model_a.onnx", "--out", tmp_path / "maps" / "a.toml")
+    assert init.code == 0 and (tmp_path / "maps" / "a.toml").is_file()
+
+
+def test_a_failed_merge_leaves_no_folder_behind(cli, tmp_path: Path) -> None:
+    save_text_model(tmp_path / "inf.onnx", """
+        <ir_version: 8, opset_import: ["" : 17]>
+        inf (float[N, 2] x) => (float[N, 2] y) {
+            zero = Constant <value = float {0.0}> ()
+            y = Div (x, zero)
+        }""")
+    write_mapping(tmp_path / "inf.toml", {"input": {"columns": ["p", "q"]},
+                                          "models": {"inf": {"path": "inf.onnx", "columns": ["p", "q"]}}})
+    result = cli("merge", "--map", tmp_path / "inf.toml", "--out", tmp_path / "new" / "deeper" / "m.onnx")
+    assert result.code == ExitCode.VERIFY_FAILED
+    assert not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------------------- 9: piped output is not wrapped
+
+
+def test_piped_output_is_not_wrapped_at_80_columns(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = tmp_path / ("a_merged_model_with_a_name_long_enough_to_pass_eighty_columns_on_its_own" + "_x" * 10 + ".onnx")
+    result = cli("merge", "--map", SAMPLES / "features.toml", "--out", out)
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"wrote {out} (" in lines[-1]  # one line, however long
+    assert any(line.endswith("15 columns (compactness error .. worst fractal dimension)") for line in lines)
+    monkeypatch.setenv("COLUMNS", "80")  # a width asked for: tables are cut to it, plain lines still not wrapped
+    lines = cli("merge", "--map", SAMPLES / "features.toml", "--out", out).stdout.splitlines()
+    assert any(line.endswith("(compactness error .. worst fracta…") for line in lines)
+    assert f"wrote {out} (" in lines[-1]
+
+
+# ---------------------------------------------------------------------------- 13: init --columns-from
+
+
+def test_init_names_the_columns_from_a_csv_header(cli, tmp_path: Path) -> None:
+    mapping = tmp_path / "features.toml"
+    result = cli("init", SAMPLES / "model_a.onnx", SAMPLES / "model_b.onnx", "--columns-from", ROWS, "--out", mapping)
+    assert result.code == 0, result.stderr
+    header = ROWS.read_text().splitlines()[0].split(",")
+    doc = tomllib.loads(mapping.read_text())
+    assert doc["input"]["columns"] == header[:30]
+    assert doc["models"]["model_a"]["columns"] == header[:15]
+    assert doc["models"]["model_b"]["columns"] == header[15:30]
+    assert "not read by any model: target" in result.stdout
+    merged = cli("merge", "--map", mapping, "--out", tmp_path / "m.onnx", "--data", ROWS, "--json")
+    assert merged.code == 0, merged.stderr
+    assert merged.json["scores"]["models"][-1]["accuracy"] == pytest.approx(0.9532, abs=1e-4)  # as samples/features.toml
+
+
+def test_init_columns_from_same_width_models_share_the_first_columns(cli, tmp_path: Path) -> None:
+    csv = tmp_path / "wide.csv"
+    csv.write_text(",".join(f"f{i}" for i in range(15)) + ",y\n")
+    result = cli("init", SAMPLES / "model_a.onnx", SAMPLES / "model_b.onnx", "--columns-from", csv, "--out", "-")
+    assert result.code == 0, result.stderr
+    doc = tomllib.loads(result.stdout)
+    assert doc["models"]["model_a"]["columns"] == doc["models"]["model_b"]["columns"] == [f"f{i}" for i in range(15)]
+
+
+@pytest.mark.parametrize("header, message", [
+    ("a,b,c\n", "the header has 3 columns; the models read 15 + 15 = 30 in turn"),
+    ("", "has no header row"),
+    ("a,a" + ",x" * 40 + "\n", "more than once"),
+])
+def test_init_columns_from_errors(cli, tmp_path: Path, header: str, message: str) -> None:
+    csv = tmp_path / "h.csv"
+    csv.write_text(header)
+    result = cli("init", SAMPLES / "model_a.onnx", SAMPLES / "model_b.onnx", "--columns-from", csv,
+                 "--out", tmp_path / "f.toml")
+    assert result.code in (ExitCode.BAD_INPUT, ExitCode.INCOMPATIBLE)
+    assert len(result.error_lines) == 1 and message in result.error_lines[0] and str(csv) in result.error_lines[0]
+    assert not (tmp_path / "f.toml").exists()
