@@ -21,6 +21,9 @@ from .normalize import NUMPY_OF_TYPE, PROBE_ROWS, Observed, Part, all_nodes
 
 if TYPE_CHECKING:
     import onnxruntime
+    from onnx import ModelProto, NodeProto
+
+    from .wire import Refs
 
 # onnxruntime >= 1.29 on Linux starts a telemetry uploader at import that leaves $TMPDIR/.ses behind
 # on every run; this variable (read at import, before any onnxruntime import here) turns it all off.
@@ -102,14 +105,156 @@ def quiet_options() -> onnxruntime.SessionOptions:
     return options
 
 
-def open_session(source: Path | bytes, on_error: Callable[[str], MergeError]) -> onnxruntime.InferenceSession:
+def checking_options(folder: Path | None = None) -> onnxruntime.SessionOptions:
+    """Options for the sessions that check numbers: made to open fast and hold no copy of the weights.
+
+    - No graph optimizations: they only make a session faster to run, but cost time super-linear in the
+      graph's size to apply (25k nodes: 191 s with them, 14 s without); the merged file and the parts
+      are run the same way, so what is compared is the graph as written.
+    - No prepacking: it copies every MatMul weight into a layout of its own, so the memory-mapped
+      weights would be resident twice.
+    - One intra-op thread without spinning: a spinning pool per session keeps cores busy between runs,
+      and with many small parts, the pools cost more than the runs.
+    `folder` is where external-data locations are resolved for a model given as bytes.
+    """
     ort = runtime()
 
+    options = quiet_options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+    return options
+
+
+def open_session(source: Path | bytes, on_error: Callable[[str], MergeError],
+                 options: onnxruntime.SessionOptions | None = None) -> onnxruntime.InferenceSession:
+    ort = runtime()
+
+    if isinstance(source, bytes):
+        refuse_crashing_trees(source, on_error)
     try:
         what = str(source) if isinstance(source, Path) else source
-        return ort.InferenceSession(what, quiet_options(), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(what, options or quiet_options(), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for every failure
         raise on_error(first_line(e)) from None
+
+
+def file_session(path: Path, on_error: Callable[[str], MergeError]) -> onnxruntime.InferenceSession:
+    """A session on the model file at `path` whose large weights onnxruntime memory-maps from the file.
+
+    onnxruntime given a path parses the whole file into protobuf, then copies every weight again into
+    its own tensors: ~3x the file in memory and time. Here it is given the file's structure (a few KB
+    to MB, cut out of the file at the wire level, see wire.read_located_skeleton) with each large weight
+    marked as external data at its own offset in the same file, so every byte it computes with is
+    still the file's own.
+    """
+    from .wire import WireError, read_located_skeleton
+
+    try:
+        skeleton = read_located_skeleton(path)
+    except (OSError, WireError) as e:
+        raise on_error(f"cannot read it: {e}") from None
+    return open_session(skeleton, on_error, checking_options(Path(os.path.abspath(path)).parent))
+
+
+def proto_session(model: ModelProto, refs: Refs, folder: Path,
+                  on_error: Callable[[str], MergeError]) -> onnxruntime.InferenceSession:
+    """A session on a skeleton held in memory, its weights memory-mapped from the files they sit in."""
+    from onnx import ModelProto
+
+    from .wire import ref_of
+
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    for tensor in copy.graph.initializer:
+        ref = ref_of(tensor, refs)
+        if ref is None:
+            continue
+        del tensor.external_data[:]
+        location = os.path.relpath(os.path.abspath(ref.path), folder)
+        for key, value in (("location", location), ("offset", str(ref.offset)), ("length", str(ref.length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+    return open_session(copy.SerializeToString(), on_error, checking_options(folder))
+
+
+# onnxruntime lays a tree out recursively when it creates the session, ~700 bytes of stack per level:
+# a tree 12,000 levels deep overflows the 8 MiB main-thread stack and kills the process (SIGSEGV).
+MAX_TREE_DEPTH = 4096
+TREE_OPS = {"TreeEnsemble", "TreeEnsembleRegressor", "TreeEnsembleClassifier"}
+
+
+def refuse_crashing_trees(model_bytes: bytes, on_error: Callable[[str], MergeError]) -> None:
+    """Refuse, before onnxruntime sees it, a tree deeper than it can lay out without crashing.
+
+    Only a model that mentions a tree op at all is parsed for this (a substring test on its bytes).
+    """
+    if b"TreeEnsemble" not in model_bytes:
+        return
+    from onnx import ModelProto
+
+    model = ModelProto()
+    try:
+        model.ParseFromString(model_bytes)
+    except Exception:  # noqa: BLE001 - onnxruntime will say what is wrong with it
+        return
+    limit = max_tree_depth()
+    graphs = [model.graph, *model.functions]
+    for node in (n for g in graphs for n in all_nodes(g)):
+        if node.op_type in TREE_OPS and node.domain == "ai.onnx.ml":
+            depth = tree_depth(node)
+            if depth > limit:
+                named = f" {node.name!r}" if node.name else ""
+                raise on_error(f"its {node.op_type}{named} has a tree {depth} levels deep; onnxruntime crashes "
+                               f"laying out trees that deep (more than {limit} levels are refused)")
+
+
+def max_tree_depth() -> int:
+    """MAX_TREE_DEPTH, or less when the stack is smaller than the usual 8 MiB (ulimit -s)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return MAX_TREE_DEPTH
+    return min(MAX_TREE_DEPTH, soft // 2048)
+
+
+def tree_depth(node: NodeProto) -> int:
+    """The deepest branch of any tree of a TreeEnsemble* node (levels of branch nodes; cycles cut)."""
+    attrs = {a.name: list(a.ints) for a in node.attribute if a.ints}
+    if node.op_type == "TreeEnsemble":  # ai.onnx.ml 5: branch nodes only; a child is a leaf when *leafs says so
+        true_ids, false_ids = attrs.get("nodes_truenodeids", []), attrs.get("nodes_falsenodeids", [])
+        true_leaf, false_leaf = attrs.get("nodes_trueleafs", []), attrs.get("nodes_falseleafs", [])
+        children: dict[object, list[object]] = {}
+        for i in range(min(len(true_ids), len(false_ids), len(true_leaf), len(false_leaf))):
+            children[i] = [c for c, leaf in ((true_ids[i], true_leaf[i]), (false_ids[i], false_leaf[i])) if not leaf]
+        roots: list[object] = list(attrs.get("tree_roots", []))
+    else:  # ml 1-3: every node numbered within its tree, leaves too
+        trees, ids = attrs.get("nodes_treeids", []), attrs.get("nodes_nodeids", [])
+        true_ids, false_ids = attrs.get("nodes_truenodeids", []), attrs.get("nodes_falsenodeids", [])
+        modes = next((list(a.strings) for a in node.attribute if a.name == "nodes_modes"), [])
+        children = {}
+        for i in range(min(len(trees), len(ids), len(true_ids), len(false_ids), len(modes))):
+            if modes[i] != b"LEAF":
+                children[(trees[i], ids[i])] = [(trees[i], true_ids[i]), (trees[i], false_ids[i])]
+        has_parent = {c for kids in children.values() for c in kids}
+        roots = [n for n in children if n not in has_parent]
+    depth, level, seen = 0, [r for r in roots if r in children], set(roots)
+    while level:
+        depth += 1
+        following = []
+        for n in level:
+            for c in children.get(n, ()):
+                if c in children and c not in seen:
+                    seen.add(c)
+                    following.append(c)
+        level = following
+    return depth
 
 
 def import_runtime() -> None:
@@ -186,25 +331,21 @@ def part_feed(part: Part, rows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def part_session(part: Part) -> onnxruntime.InferenceSession:
-    """A session on the ORIGINAL file; failing that, on the file with its ZipMaps cut off.
+    """A session on the ORIGINAL file (its weights memory-mapped from it, see file_session).
 
-    skl2onnx writes float64 classifiers with a ZipMap over a float64 tensor, which onnxruntime refuses
-    to load ("Type 'tensor(double)' of input parameter ... of operator (ZipMap) ... is invalid"); the
-    merged model does not have that ZipMap, so the part is checked against the tensor that fed it.
+    A part with ZipMaps is run without them (part.unzipped: the file as read, ZipMaps cut off): the
+    merged model does not have them, and the tensor a ZipMap wraps comes back as it is, where the
+    list of dicts it makes would have to be turned back into that tensor in Python. skl2onnx also
+    writes float64 classifiers with a ZipMap over a float64 tensor, which onnxruntime refuses to load.
     """
     path = part.source.path
-    try:
-        return open_session(path, lambda m: bad_input(path, f"onnxruntime cannot load this model: {m}"))
-    except MergeError:
-        if part.unzipped is None:
-            raise
-    from io import BytesIO
 
-    from .wire import write_single_file
+    def refuse(problem: str) -> MergeError:
+        return bad_input(path, f"onnxruntime cannot load this model: {problem}")
 
-    buffer = BytesIO()
-    write_single_file(part.unzipped, part.source.refs, buffer)
-    return open_session(buffer.getvalue(), lambda m: bad_input(path, f"onnxruntime cannot load this model: {m}"))
+    if part.unzipped is not None:
+        return proto_session(part.unzipped, part.source.refs, Path(os.path.abspath(path)).parent, refuse)
+    return file_session(path, refuse)
 
 
 def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -280,42 +421,67 @@ def batch_size(parts: list[Part]) -> int | None:
 
 
 def run_parts(parts: list[Part], rows: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """Every ORIGINAL part file on all `rows` (for fitting a stack and for scores on real rows)."""
-    sessions = [part_session(p) for p in parts]
+    """Every ORIGINAL part file on all `rows` (for fitting a stack, verifying, and scores on real rows).
+
+    One session at a time, each closed before the next opens: only one part's weights are mapped at once.
+    """
     chunk = batch_size(parts)
-    return [_in_chunks(lambda piece, p=p, s=s: run_part(p, s, piece), rows, chunk)  # type: ignore[misc]
-            for p, s in zip(parts, sessions, strict=True)]
+    outputs = []
+    for part in parts:
+        session = part_session(part)
+        outputs.append(in_chunks(lambda piece, p=part, s=session: run_part(p, s, piece), rows, chunk))  # type: ignore[misc]
+        del session
+    return outputs
+
+
+def merged_session(path: Path) -> onnxruntime.InferenceSession:
+    return file_session(path, lambda m: MergeError(ExitCode.VERIFY_FAILED, path.name,
+                                                   f"onnxruntime cannot load the merged model: {m}"))
 
 
 def run_merged(path: Path, rows: np.ndarray, chunk: int | None = None) -> dict[str, np.ndarray]:
     """The merged file on all `rows`."""
-    session = open_session(path, lambda m: MergeError(ExitCode.VERIFY_FAILED, path.name,
-                                                      f"onnxruntime cannot load the merged model: {m}"))
+    return _run_merged(merged_session(path), path, rows, chunk, {})
+
+
+def _run_merged(session: onnxruntime.InferenceSession, path: Path, rows: np.ndarray, chunk: int | None,
+                shape_problems: dict[str, str]) -> dict[str, np.ndarray]:
+    """Run the merged session on all `rows`; each piece's output shapes are checked against the declared
+    ones (the first contradiction per output lands in `shape_problems`)."""
     name = session.get_inputs()[0].name
-    outputs = [o.name for o in session.get_outputs()]
+    outputs = session.get_outputs()
 
     def run(piece: np.ndarray) -> dict[str, np.ndarray]:
         try:
-            return dict(zip(outputs, session.run(outputs, {name: piece}), strict=True))
+            values = session.run([o.name for o in outputs], {name: piece})
         except Exception as e:
             raise MergeError(ExitCode.VERIFY_FAILED, path.name,
                              f"onnxruntime cannot run the merged model: {first_line(e)}") from None
+        got = {}
+        for o, value in zip(outputs, values, strict=True):
+            got[o.name] = np.asarray(value)
+            wrong = declared_shape_problem(o.shape, got[o.name].shape)
+            if wrong:
+                shape_problems.setdefault(o.name, wrong)
+        return got
 
-    return _in_chunks(run, rows, chunk)
+    return in_chunks(run, rows, chunk)
 
 
 def run_file(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
     """Any model file on the given feeds (the user's own combiner graph)."""
-    session = open_session(path, lambda m: bad_input(path, f"onnxruntime cannot load this model: {m}"))
+    session = file_session(path, lambda m: bad_input(path, f"onnxruntime cannot load this model: {m}"))
     try:
         return dict(zip(outputs, (np.asarray(v) for v in session.run(outputs, feeds)), strict=True))
     except Exception as e:
         raise bad_input(path, f"onnxruntime cannot run this model: {first_line(e)}") from None
 
 
-def _in_chunks(run: Callable[[np.ndarray], dict[str, np.ndarray]], rows: np.ndarray,
-               chunk: int | None) -> dict[str, np.ndarray]:
-    """Run in pieces of a fixed batch size (the last one padded with copies of its last row, then cut)."""
+def in_chunks(run: Callable[[np.ndarray], dict[str, np.ndarray]], rows: np.ndarray,
+              chunk: int | None) -> dict[str, np.ndarray]:
+    """Run on all `rows` at once, or in pieces of a fixed batch size: the last piece padded with copies
+    of its last row, which are cut off again. Outputs with one value per row are joined into one;
+    any other output is stacked, one entry per piece."""
     if not chunk:
         return run(rows)
     pieces = []
@@ -324,9 +490,15 @@ def _in_chunks(run: Callable[[np.ndarray], dict[str, np.ndarray]], rows: np.ndar
         short = chunk - len(piece)
         if short:
             piece = np.concatenate([piece, np.repeat(piece[-1:], short, axis=0)])
-        out = run(piece)
-        pieces.append({k: v[: chunk - short] for k, v in out.items()})
-    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        pieces.append(run(piece))
+    joined = {}
+    for name, first in pieces[0].items():
+        if first.ndim and len(first) == chunk:
+            ends = [min(chunk, len(rows) - lo) for lo in range(0, len(rows), chunk)]
+            joined[name] = np.concatenate([p[name][:n] for p, n in zip(pieces, ends, strict=True)])
+        else:
+            joined[name] = np.stack([p[name] for p in pieces])
+    return joined
 
 
 # ---------------------------------------------------------------------------- comparing
@@ -399,47 +571,39 @@ def verify(
     rtol: float,
     part_rows: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> VerifyReport:
-    """Run the merged file and each original file on every batch; compare with `expected_of(part outputs)`.
+    """Run each original file, then the merged file, on every batch; compare with `expected_of(part outputs)`.
 
     `part_rows` turns a batch into what the parts are fed (gate fills NaN cells before the parts run).
+    The batches are run as one set of rows, each model once (in pieces where a part fixes its batch
+    size). The parts run first - one that onnxruntime cannot load is a bad input, not a failed merge -
+    each session closed before the next opens, so the parts' weights and the merged file's are never
+    mapped at the same time.
     """
     start = time.perf_counter()
-    # The originals first: one that onnxruntime cannot load is a bad input, not a failed merge.
-    sessions = [part_session(p) for p in parts]
-    merged_session = open_session(merged, lambda m: MergeError(
-        ExitCode.VERIFY_FAILED, merged.name, f"onnxruntime cannot load the merged model: {m}"))
-    input_name = merged_session.get_inputs()[0].name
-    output_names = [o.name for o in merged_session.get_outputs()]
-    declared = {o.name: o.shape for o in merged_session.get_outputs()}
+    rows = np.concatenate(batches) if len(batches) > 1 else batches[0]
     chunk = batch_size(parts)
-    checks: dict[str, OutputCheck] = {}
-    total = 0
-    for rows in batches:
-        for lo in range(0, len(rows), chunk or max(len(rows), 1)):
-            piece = rows[lo: lo + chunk] if chunk else rows
-            if chunk and len(piece) < chunk:  # a fixed batch: fill the last piece up with rows already seen
-                piece = np.concatenate([piece, np.resize(rows, (chunk - len(piece), rows.shape[1]))])
-            fed = part_rows(piece) if part_rows else piece
-            part_outputs = [run_part(p, s, fed) for p, s in zip(parts, sessions, strict=True)]
-            expected = expected_of(part_outputs, piece)
-            try:
-                got = dict(zip(output_names, merged_session.run(output_names, {input_name: piece}), strict=True))
-            except Exception as e:
-                raise MergeError(ExitCode.VERIFY_FAILED, merged.name,
-                                 f"onnxruntime cannot run the merged model: {first_line(e)}") from None
-            finite_rows = np.asarray(np.isfinite(piece.astype(np.float64)).all(axis=1))
-            ties = near_ties(expected["probabilities"], atol, rtol) if "probabilities" in expected else None
-            for name in output_names:
-                if name not in expected:
-                    continue
-                check = compare(name, np.asarray(got[name]), np.asarray(expected[name]), atol, rtol, finite_rows,
-                                ties if name == "label" else None)
-                wrong = declared_shape_problem(declared[name], np.asarray(got[name]).shape)
-                if wrong and check.passed:
-                    check.passed, check.problem = False, wrong
-                checks[name] = merge_checks(checks.get(name), check)
-            total += len(piece)
-    return VerifyReport(total, atol, rtol, list(checks.values()), time.perf_counter() - start)
+    part_outputs = run_parts(parts, part_rows(rows) if part_rows else rows)
+
+    def expected_piece(index: np.ndarray) -> dict[str, np.ndarray]:
+        pieces = [{k: v[index] if v.ndim and len(v) == len(rows) else v for k, v in o.items()} for o in part_outputs]
+        return expected_of(pieces, rows[index])
+
+    # the combiner's reference runs in the same pieces (a user's combiner graph may fix the batch too)
+    expected = in_chunks(expected_piece, np.arange(len(rows)), chunk) if chunk else expected_of(part_outputs, rows)
+    shape_problems: dict[str, str] = {}
+    got = _run_merged(merged_session(merged), merged, rows, chunk, shape_problems)
+    finite_rows = np.asarray(np.isfinite(rows.astype(np.float64)).all(axis=1))
+    ties = near_ties(expected["probabilities"], atol, rtol) if "probabilities" in expected else None
+    checks = []
+    for name in got:
+        if name not in expected:
+            continue
+        check = compare(name, got[name], np.asarray(expected[name]), atol, rtol, finite_rows,
+                        ties if name == "label" else None)
+        if name in shape_problems and check.passed:
+            check.passed, check.problem = False, shape_problems[name]
+        checks.append(check)
+    return VerifyReport(len(rows), atol, rtol, checks, time.perf_counter() - start)
 
 
 def declared_shape_problem(declared: list[Any] | None, actual: tuple[int, ...]) -> str | None:
@@ -451,19 +615,3 @@ def declared_shape_problem(declared: list[Any] | None, actual: tuple[int, ...]) 
         shown = ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in declared)
         return f"the merged file declares shape [{shown}] but onnxruntime returns {list(actual)}"
     return None
-
-
-def merge_checks(old: OutputCheck | None, new: OutputCheck) -> OutputCheck:
-    if old is None:
-        return new
-    return OutputCheck(
-        name=new.name,
-        shape=[old.shape[0] + new.shape[0], *new.shape[1:]] if old.shape and new.shape else new.shape,
-        max_abs=max(old.max_abs, new.max_abs),
-        max_rel=max(old.max_rel, new.max_rel),
-        mismatches=old.mismatches + new.mismatches,
-        near_ties=old.near_ties + new.near_ties,
-        nonfinite=old.nonfinite + new.nonfinite,
-        passed=old.passed and new.passed,
-        problem=old.problem or new.problem,
-    )

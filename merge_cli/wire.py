@@ -66,19 +66,34 @@ Refs = dict[str, ByteRange]
 
 def read_skeleton(path: Path, refs: Refs) -> bytes:
     """Return the model's bytes with large initializer payloads cut out (and recorded in `refs`)."""
+    return _scan(path, refs, None)
+
+
+def read_located_skeleton(path: Path) -> bytes:
+    """The model's bytes with large initializer payloads cut out, each marked as external data at its own
+    offset in this very file (location: the file's name).
+
+    onnxruntime, told the file's folder, then memory-maps the weights where they lie instead of
+    parsing them into a copy: a session costs the graph, not the weights.
+    """
+    return _scan(path, {}, path.name)
+
+
+def _scan(path: Path, refs: Refs, located: str | None) -> bytes:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return b""
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return bytes(_Scanner(mm, str(path), refs).model(0, size))
+            return bytes(_Scanner(mm, str(path), refs, located).model(0, size))
 
 
 class _Scanner:
-    def __init__(self, buf: mmap.mmap, path: str, refs: Refs) -> None:
+    def __init__(self, buf: mmap.mmap, path: str, refs: Refs, located: str | None = None) -> None:
         self.buf = buf
         self.path = path
         self.refs = refs
+        self.located = located  # mark payloads as external data in the file itself, under this name
 
     def fields(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
         """Yield (field number, wire type, field start, value start, value end) for each field."""
@@ -150,6 +165,8 @@ class _Scanner:
             if i != payload:
                 out += self.buf[field_start:value_end]
         _, _, _, value_start, value_end = fields[payload]
+        if self.located is not None:
+            return out + external_fields(self.located, value_start, value_end - value_start)
         token = new_token()
         self.refs[token] = ByteRange(self.path, value_start, value_end - value_start)
         out += external_fields(token, 0, value_end - value_start)

@@ -524,11 +524,13 @@ def test_three_regressors_concat_and_scores(cli, diabetes: Job) -> None:
     predictions = {n: diabetes.head(n, X) for n in "abc"}
     predictions["merged"] = run_model(diabetes.dir / "mean.onnx", {"features": X})["prediction"].reshape(len(X))
     assert doc["scores"]["task"] == "regression" and doc["scores"]["target"] == "progression"
+    # rel 1e-7, not exact: the tool runs models without onnxruntime's graph optimizations (fused ops round
+    # float32 a little differently from the unfused graph this test's default session runs)
     for entry in doc["scores"]["models"]:
         p = predictions[entry["model"]]
-        assert entry["rmse"] == pytest.approx(np.sqrt(np.mean((p - y) ** 2)), rel=1e-9)
-        assert entry["mae"] == pytest.approx(mean_absolute_error(y, p), rel=1e-9)
-        assert entry["r2"] == pytest.approx(r2_score(y, p), rel=1e-9)
+        assert entry["rmse"] == pytest.approx(np.sqrt(np.mean((p - y) ** 2)), rel=1e-7)
+        assert entry["mae"] == pytest.approx(mean_absolute_error(y, p), rel=1e-7)
+        assert entry["r2"] == pytest.approx(r2_score(y, p), abs=1e-6)
 
 
 def test_scores_on_real_rows_match_sklearn_and_print_a_table(cli, cancer: Job) -> None:

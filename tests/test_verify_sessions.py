@@ -1,0 +1,80 @@
+"""How verification runs models: fixed batches in pieces, and what would crash onnxruntime refused first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from conftest import rows, run_console, run_model, save_text_model, write_mapping
+from onnx import TensorProto, helper, numpy_helper
+
+from merge_cli.errors import ExitCode
+from merge_cli.verify import MAX_TREE_DEPTH, tree_depth
+
+
+def chain_tree(depth: int) -> onnx.ModelProto:
+    """An ai.onnx.ml 5 TreeEnsemble whose one tree is a chain of `depth` branch nodes: x < i gives leaf i."""
+    splits = numpy_helper.from_array(np.arange(depth, dtype=np.float32), "splits")
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", name="chain",
+        tree_roots=[0], nodes_featureids=[0] * depth, nodes_splits=splits,
+        nodes_modes=numpy_helper.from_array(np.zeros(depth, dtype=np.uint8), "modes"),
+        nodes_truenodeids=list(range(depth)), nodes_trueleafs=[1] * depth,
+        nodes_falsenodeids=[*range(1, depth), depth], nodes_falseleafs=[0] * (depth - 1) + [1],
+        leaf_targetids=[0] * (depth + 1),
+        leaf_weights=numpy_helper.from_array(np.arange(depth + 1, dtype=np.float32), "weights"),
+        n_targets=1, aggregate_function=1, post_transform=0)
+    graph = helper.make_graph([node], "tree", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21),
+                                                                  helper.make_opsetid("ai.onnx.ml", 5)])
+
+
+def test_tree_depth_counts_branch_levels() -> None:
+    assert tree_depth(chain_tree(7).graph.node[0]) == 7
+
+
+def test_a_tree_deep_enough_to_crash_onnxruntime_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """onnxruntime 1.32 dies with SIGSEGV creating a session on a 12,000-level tree: refused before it does."""
+    onnx.save(chain_tree(12_000), tmp_path / "deep.onnx")
+    save_text_model(tmp_path / "plain.onnx", """
+        <ir_version: 8, opset_import: ["" : 17]>
+        plain (float[N, 1] x) => (float[N, 1] y) { y = Identity(x) }
+    """)
+    mapping = write_mapping(tmp_path / "m.toml", {
+        "version": 1, "input": {"columns": ["a", "b"]},
+        "models": {"deep": {"path": "deep.onnx", "columns": ["a"]}, "plain": {"path": "plain.onnx", "columns": ["b"]}},
+        "combiner": {"kind": "mean"}})
+
+    result = run_console("merge", "--map", mapping, "--out", tmp_path / "out.onnx")
+    assert result.code == ExitCode.BAD_INPUT, result.stderr
+    assert len(result.error_lines) == 1 and "deep.onnx" in result.error_lines[0]
+    assert "12000 levels deep" in result.error_lines[0] and f"more than {MAX_TREE_DEPTH}" in result.error_lines[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out.onnx").exists()
+
+    unchecked = run_console("merge", "--map", mapping, "--out", tmp_path / "out.onnx", "--no-verify")
+    assert unchecked.code == 0, unchecked.stderr  # nothing runs the tree: the merge itself is fine
+
+
+def test_a_fixed_batch_is_run_in_pieces_and_every_row_compared(tmp_path: Path, cli) -> None:
+    """A part that fixes its batch at 4 is run on 10 rows as 4 + 4 + 2 (padded, then cut): 10 rows compared."""
+    save_text_model(tmp_path / "fixed.onnx", """
+        <ir_version: 8, opset_import: ["" : 17]>
+        fixed (float[4, 2] x) => (float[4, 1] y) <int64[1] axes = {1}> { y = ReduceSum <keepdims: int = 1> (x, axes) }
+    """)
+    save_text_model(tmp_path / "free.onnx", """
+        <ir_version: 8, opset_import: ["" : 17]>
+        free (float[N, 1] x) => (float[N, 1] y) { y = Neg(x) }
+    """)
+    mapping = write_mapping(tmp_path / "m.toml", {
+        "version": 1, "input": {"columns": ["a", "b", "c"]},
+        "models": {"fixed": {"path": "fixed.onnx", "columns": ["a", "b"]}, "free": {"path": "free.onnx", "columns": ["c"]}},
+        "combiner": {"kind": "sum"}})
+    out = tmp_path / "out.onnx"
+    result = cli("merge", "--map", mapping, "--out", out, "--rows", "10", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["verification"]["rows"] == 10 and result.json["verification"]["passed"]
+    x = rows(4, 3)
+    got = run_model(out, {"features": x})["prediction"]
+    np.testing.assert_allclose(got.ravel(), x[:, 0] + x[:, 1] - x[:, 2], rtol=1e-6)
