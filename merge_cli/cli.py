@@ -7,6 +7,7 @@ Commands import the library (and with it onnx, onnxruntime and numpy) only when 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -81,8 +82,8 @@ def merge(
         show_default=False)] = None,
     map_file: Annotated[Path, typer.Option("--map", "-m", help="Feature-mapping file (.toml, .json or .yaml).",
                                            show_default=False)] = Path("features.toml"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the merged model.",
-                                      show_default=False)] = Path("merged.onnx"),
+    out: Annotated[str, typer.Option("--out", "-o", help="Where to write the merged model.",
+                                     show_default=False)] = "merged.onnx",
     combiner: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Combiner kind (overrides [combiner] kind): mean, weighted, sum, max, min, concat, vote, stack, gate, "
              "onnx.",
@@ -128,7 +129,7 @@ def merge(
             )
         if not quiet and not json_output:
             for warning in result.warnings:
-                print(f"warning: {warning}", file=sys.stderr)
+                print(f"warning: {one_line(warning)}", file=sys.stderr)
             _print_summary(result)
         return result.to_dict()
 
@@ -298,8 +299,19 @@ def _fail(line: str, hint: str | None, code: int, json_output: bool, error: dict
 
 
 def _print_json(doc: dict[str, Any]) -> None:
-    sys.stdout.write(_json_text(doc) + "\n")
+    sys.stdout.write(_json_text(_strict(doc)) + "\n")
     sys.stdout.flush()
+
+
+def _strict(value: Any) -> Any:
+    """NaN and Infinity are not JSON (json.dumps writes them anyway): a non-finite number becomes null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _json_text(value: Any, indent: str = "") -> str:
@@ -310,7 +322,7 @@ def _json_text(value: Any, indent: str = "") -> str:
         return "{\n" + ",\n".join(items) + "\n" + indent + "}"
     if isinstance(value, (list, tuple)) and value and any(isinstance(v, (dict, list, tuple)) for v in value):
         return "[\n" + ",\n".join(inner + _json_text(v, inner) for v in value) + "\n" + indent + "]"
-    return json.dumps(value, default=str, ensure_ascii=False)
+    return json.dumps(value, default=str, ensure_ascii=False, allow_nan=False)
 
 
 @contextmanager
@@ -349,7 +361,7 @@ def _print_rows(console: Console, header: list[str] | None, rows: list[list[Cell
     from rich.text import Text
 
     lines = [[Text(h, style="bold") for h in header]] if header else []
-    lines += [[c.copy() if isinstance(c, Text) else Text(str(c)) for c in row] for row in rows]
+    lines += [[c.copy() if isinstance(c, Text) else Text(one_line(str(c))) for c in row] for row in rows]
     if not lines:
         return
     n = len(lines[0])
@@ -379,7 +391,7 @@ def _print_summary(result: MergeResult) -> None:
     console = _console()
     doc = result.to_dict()
     files = ", ".join(f"{m['name']} ({Path(m['path']).name})" for m in doc["models"])
-    console.print(f"merge-models {__version__}: {doc['combiner']} of {files}", markup=False)
+    _plain(console)(f"merge-models {__version__}: {doc['combiner']} of {files}")
     _print_rows(console, ["model", "task", "output", "columns"], [
         [m["name"], _task(m["task"]), m["head"], _columns(m["columns"])] for m in doc["models"]])
     converted = [f"{m['name']} {m['opset_from']} -> {m['opset_to']}" for m in doc["models"]
@@ -402,8 +414,9 @@ def _print_summary(result: MergeResult) -> None:
 
 
 def _plain(console: Console) -> Callable[[str], None]:
-    """Print text as it is (no markup: names and shapes may contain brackets)."""
-    return lambda text: console.print(text, markup=False)
+    """Print text as it is (no markup: names and shapes may contain brackets), control characters
+    from files (names, producers) escaped so they cannot move the cursor or forge lines."""
+    return lambda text: console.print(one_line(text), markup=False, highlight=False)
 
 
 def _print_inspect(info: ModelInfo) -> None:
@@ -492,7 +505,7 @@ def _print_verify(result: RecheckResult) -> None:
         for o in v["outputs"]])
     real = doc["data"]["rows"] if doc["data"] else 0
     on = f"{v['rows'] - real} random rows" + (f" + {real} from {Path(doc['data']['path']).name}" if real else "")
-    console.print(f"verified on {on}: ", _ok(v["passed"], "failed"), f" (atol {v['atol']:g}, rtol {v['rtol']:g})",
+    console.print(f"verified on {one_line(on)}: ", _ok(v["passed"], "failed"), f" (atol {v['atol']:g}, rtol {v['rtol']:g})",
                   sep="", markup=False)
 
 

@@ -99,8 +99,9 @@ class Builder:
     """Adds nodes with fresh names; `fresh` comes from the spliced graph so nothing collides."""
 
     def __init__(self, fresh: Callable[[str], str], opset: int, input_name: str = "features",
-                 input_type: int = FLOAT, input_width: int = 0) -> None:
+                 input_type: int = FLOAT, input_width: int = 0, source: Source = None) -> None:
         self.fresh = fresh
+        self.source = source  # the mapping file, named by errors about names it chose
         self.opset = opset
         self.input_name = input_name  # the merged input [N, F], for passthrough columns and gate
         self.input_type = input_type
@@ -133,7 +134,7 @@ class Builder:
         from onnx import helper
 
         if self.fresh(wanted) != wanted:
-            raise incompatible(None, f"the merged output name {wanted!r} is already used by the merged input",
+            raise incompatible(self.source, f"the merged output name {wanted!r} is already used by the merged input",
                                f"rename [input].name to something other than {wanted!r}")
         self.graph.nodes.append(helper.make_node("Identity", [tensor], [wanted], name=self.fresh(f"output.{wanted}")))
         return wanted
@@ -210,7 +211,13 @@ def task_of(heads: list[Head], kind: str, source: Source) -> str:
 def normalized_weights(heads: list[Head], kind: str) -> np.ndarray:
     if kind != "weighted":
         return np.full(len(heads), 1.0 / len(heads))
-    w = np.array([h.weight if h.weight is not None else 0.0 for h in heads], dtype=np.float64)
+    return shares([h.weight if h.weight is not None else 0.0 for h in heads])
+
+
+def shares(weights: list[float]) -> np.ndarray:
+    """Weights scaled to sum to 1 without overflow: 1e308 + 1e308 is inf, and w / inf is 0 for every w."""
+    w = np.array(weights, dtype=np.float64)
+    w = w / w.max()  # each <= 1 now, so the sum is at most len(w)
     return w / w.sum()
 
 
@@ -324,11 +331,11 @@ def reference_concat(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndar
 
 def vote_weights(heads: list[Head], kind: str, source: Source) -> np.ndarray:
     """Each model's `weight` (1 when not given), normalised to sum to 1."""
-    w = np.array([1.0 if h.weight is None else h.weight for h in heads])
-    if w.sum() <= 0:
+    w = [1.0 if h.weight is None else h.weight for h in heads]
+    if not any(w):
         raise incompatible(source, f"combiner {kind}: the weights sum to 0",
                            "give at least one model a positive weight")
-    return w / w.sum()
+    return shares(w)
 
 
 def classifier_heads(heads: list[Head], kind: str, source: Source) -> tuple[int, ...] | tuple[str, ...]:
@@ -679,7 +686,7 @@ def build_combiner(mapping: FeatureMapping, heads: list[Head], fresh: Callable[[
     if spec.kind not in COMBINERS:
         raise incompatible(mapping.source, f"combiner {spec.kind!r} is not available yet")
     builder = Builder(fresh, opset, mapping.input.name, FLOAT if mapping.input.dtype == "float32" else DOUBLE,
-                      len(mapping.input.columns))
+                      len(mapping.input.columns), mapping.source)
     COMBINERS[spec.kind][0](spec, heads, builder, mapping.source, prepared or Prepared())
     return builder.graph
 

@@ -90,10 +90,18 @@ def _load_yaml(text: str, path: Path) -> Any:
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
         keys = set()
         for key_node, _ in node.value:
-            key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: keys written here override the base's
+                continue
+            scalar = isinstance(key_node, yaml.ScalarNode)
+            key = loader.construct_object(key_node) if scalar else None  # type: ignore[no-untyped-call]
+            if not isinstance(key, str):
+                shown = _kind(key) if scalar else "a list or table"
+                raise _DocumentError(f"invalid YAML: a key must be a string, not {shown} (line {line})")
             if key in keys:
-                raise _DocumentError(f"invalid YAML: duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+                raise _DocumentError(f"invalid YAML: duplicate key {key!r} (line {line})")
             keys.add(key)
+        loader.flatten_mapping(node)  # type: ignore[no-untyped-call]
         return loader.construct_mapping(node)
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)

@@ -17,6 +17,7 @@ from .inputs import kind_of as _kind
 Dtype = Literal["float32", "float64"]
 Task = Literal["classification", "regression"]
 COMBINERS = ("mean", "weighted", "sum", "max", "min", "concat", "vote", "stack", "gate", "onnx")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # class labels are int64 tensors
 MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 TOP_KEYS = {"version", "input", "inputs", "models", "combiner"}
@@ -133,6 +134,12 @@ def parse_mapping(doc: dict[str, Any], source: Path) -> FeatureMapping:
         if isinstance(item, TensorInput) and item.shape is None and item.name not in bound:
             raise v.error(f"inputs.{item.name}", "no model is bound to it and it has no shape",
                           f'bind a model to it (input = "{item.name}"), give its shape, or remove it')
+    for m in models:  # the merged graph names model m's tensors "<m>/...": no input may be one of them
+        for item in inputs.items:
+            if item.name.startswith(f"{m.name}/"):
+                raise v.error("input.name" if "inputs" not in doc else f"inputs.{item.name}",
+                              f"{item.name!r} starts with '{m.name}/', the prefix of model {m.name}'s tensors",
+                              "choose an input name without '/'")
 
     comb_doc = v.table(doc, "combiner", required=False)
     combiner = v.combiner(comb_doc, inputs)
@@ -251,9 +258,9 @@ class _Validator:
             raise self.error(key, f"must be a file path string, not {_kind(value)}")
         return self.base / value
 
-    def model(self, name: str, doc: Any, spec: MergedInputs) -> ModelSpec:
+    def model(self, name: Any, doc: Any, spec: MergedInputs) -> ModelSpec:
         where = f"models.{name}"
-        if not MODEL_NAME.match(name):
+        if not isinstance(name, str) or not MODEL_NAME.match(name):
             raise self.error(where, f"model name {name!r} is not usable as a graph prefix",
                              "use letters, digits, '_', '.', '-' (starting with a letter or '_')")
         if not isinstance(doc, dict):
@@ -289,6 +296,9 @@ class _Validator:
             raise self.error(key, f"must be a non-empty list of class labels, not {_kind(value)}")
         if all(isinstance(c, int) and not isinstance(c, bool) for c in value):
             ints = tuple(int(c) for c in value)
+            for i, c in enumerate(ints):
+                if not INT64_MIN <= c <= INT64_MAX:
+                    raise self.error(f"{key}[{i}]", f"class label {c} does not fit in int64")
             if len(set(ints)) != len(ints):
                 raise self.error(key, "class labels repeat")
             return ints
@@ -328,6 +338,8 @@ class _Validator:
             label = doc["missing_label"]
             if isinstance(label, bool) or not isinstance(label, (int, str)):
                 raise self.error("combiner.missing_label", f"must be an integer or a string, not {_kind(label)}")
+            if isinstance(label, int) and not INT64_MIN <= label <= INT64_MAX:
+                raise self.error("combiner.missing_label", f"{label} does not fit in int64")
             out = replace(out, missing_label=label)
         if kind == "stack" and (out.data is None or out.target is None):
             raise self.error("combiner", "kind = \"stack\" needs data and target",
@@ -361,7 +373,10 @@ def apply_overrides(
         if len(weights) != len(models):
             raise usage(None, f"--weights has {len(weights)} values for {len(models)} models",
                         "give one weight per model, in mapping order, e.g. --weights 0.7,0.3")
-        models = [replace(m, weight=w) for m, w in zip(models, weights, strict=True)]
+        for w in weights:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise usage(None, f"--weights: {w!r} must be a finite number >= 0")
+        models = [replace(m, weight=float(w)) for m, w in zip(models, weights, strict=True)]
     comb = mapping.combiner
     if combiner is not None:
         if combiner not in COMBINERS:
@@ -376,8 +391,11 @@ def apply_overrides(
         if missing:
             raise bad_input(mapping.source, f"combiner weighted: no weight for {', '.join(missing)}",
                             "set weight = ... in each [models.*] table or pass --weights")
-        if sum(m.weight or 0.0 for m in models) <= 0:
-            raise bad_input(mapping.source, "combiner weighted: the weights sum to 0", "give positive weights")
+    if comb.kind in ("weighted", "vote", "gate") and not any(1.0 if m.weight is None else m.weight for m in models):
+        message = f"combiner {comb.kind}: every weight is 0"
+        if weights is not None:
+            raise usage(None, f"--weights: {message}", "give at least one model a positive weight")
+        raise bad_input(mapping.source, message, "give at least one model a positive weight")
     return replace(mapping, models=tuple(models), combiner=comb)
 
 

@@ -297,6 +297,8 @@ def check_model(model: ModelProto, refs: Refs, file: Path | str | None, full: bo
 
 
 HASH_CHUNK = 4 * 1024 * 1024
+PATH_MAX = 4096  # Linux's; the staging folder's name (_STAGING_NAME_MAX) comes on top of --out's
+_STAGING_NAME_MAX = 96
 
 
 def sha256_file(path: Path) -> str:
@@ -343,8 +345,29 @@ def hash_in_background(paths: list[Path]) -> dict[Path, Future[str]]:
 # ---------------------------------------------------------------------------- writing
 
 
+def output_path(out: str | os.PathLike[str]) -> Path:
+    """--out as a file path: 'newdir/' names a directory (Path() would drop the slash and write a file
+    named newdir), and a path the system cannot open is refused before any work."""
+    text = os.fspath(out)
+    if text.endswith(("/", os.sep)):
+        raise cannot_write(text, "ends with '/', so it names a directory; --out is the file to write",
+                           f"give a file name, e.g. --out {text}merged.onnx")
+    path = Path(text)
+    if len(os.fsencode(os.path.abspath(data_path(path)))) + _STAGING_NAME_MAX >= PATH_MAX:
+        raise cannot_write(text, f"the path is too long (over {PATH_MAX} bytes with '.data' added for external "
+                           "data)", "choose a shorter --out")
+    return path
+
+
 def check_output_path(out: Path, inputs: list[Path]) -> None:
     """Refuse, before any work, an output that cannot be written or would overwrite an input."""
+    try:
+        _check_output_path(out, inputs)
+    except OSError as e:  # a name too long for the file system, a folder we may not look into...
+        raise cannot_write(out, e.strerror or str(e)) from None
+
+
+def _check_output_path(out: Path, inputs: list[Path]) -> None:
     parent = _existing_ancestor(out.parent)  # folders still missing are made when the output is written
     if not parent.is_dir():
         raise cannot_write(out, f"{str(parent)!r} is not a directory")
@@ -424,10 +447,15 @@ def staging_dir(out: Path) -> Iterator[Path]:
 
     `out`'s folder is made if it is missing (as `mkdir -p` would), and removed again, if still empty,
     when nothing was written: `--out build/merged.onnx` works on a fresh clone.
+
+    Its name carries the process id: a merge killed with SIGKILL cannot clean up, so the next merge
+    to the same --out removes the staging folders of processes that no longer exist.
     """
     made = make_folders(out.parent)
+    prefix = f".{out.name[:64]}."
+    remove_stale_staging(out.parent, prefix)
     try:
-        with scratch_dir(out.parent, f".{out.name[:64]}.", ".tmp", lambda e: cannot_write(
+        with scratch_dir(out.parent, f"{prefix}{os.getpid()}.", ".tmp", lambda e: cannot_write(
                 out, f"cannot create a temporary folder in {str(out.parent)!r}: {e.strerror}")) as tmp:
             yield tmp
     except BaseException:
@@ -451,6 +479,28 @@ def make_folders(folder: Path) -> list[Path]:
         except OSError as e:
             raise cannot_write(made, f"cannot create the folder: {e.strerror}") from None
     return missing[::-1]
+
+
+def remove_stale_staging(folder: Path, prefix: str) -> None:
+    """Remove `<prefix><pid>.<random>.tmp` folders whose process is gone (killed before it could clean up)."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user's process
+        return True
+    return True
 
 
 def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool,

@@ -23,6 +23,7 @@ from .model_io import (
     commit,
     hash_in_background,
     load_model,
+    output_path,
     staging_dir,
     write_model,
 )
@@ -35,8 +36,10 @@ from .verify import (
     DEFAULT_ROWS,
     DEFAULT_RTOL,
     VerifyReport,
+    check_options,
     observe_outputs,
     random_rows,
+    rows_for_width,
     runtime_ir_cap,
     verify,
 )
@@ -126,9 +129,8 @@ def merge(
     start = time.perf_counter()
     stages: dict[str, float] = {}
     step = Stopwatch(stages, progress)
-    out = Path(out)
-    if rows < 1:
-        raise MergeError(ExitCode.USAGE, None, f"--rows must be at least 1, not {rows}")
+    out = output_path(out)
+    check_options(rows, atol, rtol)
 
     with step("read mapping"):
         spec = apply_overrides(data_defaults(load_mapping(Path(mapping)), data, target), [Path(m) for m in models],
@@ -140,6 +142,9 @@ def merge(
         check_output_path(out, input_files(spec) + [f for m in loaded for f in m.data_files])
         parts = read_parts(spec, loaded, strict=verify_output)
         _, warnings = check_batches(parts, spec.source)
+        if verify_output and rows_for_width(rows, len(spec.input.columns)) < rows:
+            warnings.append(f"verifying on {rows_for_width(rows, len(spec.input.columns))} random rows, not {rows}: "
+                            f"{len(spec.input.columns)} columns are too wide for more in memory")
         prepared, rows_data = prepare_combiner(spec, Path(data) if data is not None else None, target)
     with step("convert"):
         common = convert_parts(parts, opset, spec, prepared)

@@ -23,7 +23,7 @@ from .model_io import load_model, sha256_file
 from .normalize import default_opset
 from .pipeline import Stopwatch, build_model, convert_parts, read_parts, verify_parts
 from .prepare import fit_combiner, prepare_combiner
-from .verify import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, VerifyReport
+from .verify import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, VerifyReport, check_options
 
 MAPPING_KEY = "merge_models.mapping"
 SOURCES_KEY = "merge_models.sources"
@@ -91,8 +91,7 @@ def verify_merged(
     """
     start = time.perf_counter()
     step = Stopwatch({}, progress)
-    if rows < 1:
-        raise usage(None, f"--rows must be at least 1, not {rows}")
+    check_options(rows, atol, rtol)
     with step("read provenance"):
         loaded = load_model(merged)
         props = {p.key: p.value for p in loaded.proto.metadata_props}

@@ -47,6 +47,7 @@ class Case:
     file: str  # the file the error line names, relative to the case directory
     problem: str  # a fragment of the error message (case-insensitive)
     hint: bool = False  # a `hint:` line must follow
+    json: bool = True  # also run with --json (tests/hostile_inputs.py runs a representative subset so)
 
 
 CASES: list[Case] = []
@@ -888,7 +889,7 @@ def _usage_case(name: str, problem: str, *extra: str) -> None:
     CASES.append(Case(name, lambda d: [*two_regressors(d), *extra], ExitCode.USAGE, "", problem))
 
 
-_usage_case("rows_zero", "--rows must be at least 1", "--rows", "0")
+_usage_case("rows_zero", "--rows must be between 1 and", "--rows", "0")
 _usage_case("weights_not_numbers", "--weights", "--weights", "0.5,x")
 _usage_case("weights_count", "--weights has 1 values for 2 models", "--weights", "1")
 _usage_case("unknown_combiner_option", "unknown combiner 'median'", "--combiner", "median")

@@ -141,7 +141,7 @@ def test_a_tampered_graph_fails(cli, merged: Path) -> None:
 @pytest.mark.parametrize("args, code, fragment", [
     (["--source", "a"], ExitCode.USAGE, "is not NAME=PATH"),
     (["--source", "zzz=x.onnx"], ExitCode.USAGE, "has no model 'zzz'"),
-    (["--rows", "0"], ExitCode.USAGE, "--rows must be at least 1"),
+    (["--rows", "0"], ExitCode.USAGE, "--rows must be between 1 and"),
     (["--data", "{tmp}/missing.csv"], ExitCode.BAD_INPUT, "no such data file"),
     (["--data", "{tmp}/bad.csv"], ExitCode.BAD_INPUT, "has no column 'mean radius'"),
 ])

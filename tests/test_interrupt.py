@@ -53,7 +53,7 @@ def test_ctrl_c_while_verifying_exits_130_and_leaves_nothing(job: Path) -> None:
     out.write_bytes(b"the previous merge")  # must survive untouched
     before = sorted(p.name for p in job.iterdir())
     # enough rows that writing and verifying take a while; the staging directory exists throughout
-    proc = start(["merge", "--map", job / "map.toml", "--out", out, "--rows", "3000000", "--external-data"], tmp)
+    proc = start(["merge", "--map", job / "map.toml", "--out", out, "--rows", "1000000", "--external-data"], tmp)
     wait_for(lambda: any(p.name.startswith(".merged.onnx.") for p in job.iterdir()), proc, "the staging directory")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)

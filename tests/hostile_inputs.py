@@ -1,0 +1,158 @@
+"""Bad inputs of the second hostile round (issue 12), each a class: runaway sizes, silently wrong
+numbers, names and paths that blame the wrong file, and what used to be exit 70.
+
+Run by tests/test_bad_inputs.py with the same contract as tests/bad_inputs.py; only the cases with
+json=True run a second time with --json, to keep the suite fast.
+
+    python tests/hostile_inputs.py DIR     # write every case into DIR/<case>/ to try by hand
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bad_inputs import (  # noqa: E402
+    GOOD_YAML,
+    Case,
+    make_regressor,
+    mapping_doc,
+    merge_args,
+    save,
+    two_regressors,
+)
+
+from merge_cli.errors import ExitCode  # noqa: E402
+
+HOSTILE_CASES: list[Case] = []
+
+
+def case(code: ExitCode, file: str, problem: str, hint: bool = False,
+         json: bool = False) -> Callable[[Callable[[Path], list[str]]], Callable[[Path], list[str]]]:
+    def register(build: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+        HOSTILE_CASES.append(Case(build.__name__, build, code, file, problem, hint, json))
+        return build
+
+    return register
+
+
+def _usage(name: str, problem: str, *extra: str, json: bool = False) -> None:
+    HOSTILE_CASES.append(Case(name, lambda d: [*two_regressors(d), *extra], ExitCode.USAGE, "", problem,
+                              json=json))
+
+
+def _doc(name: str, code: ExitCode, problem: str, edit: Callable[[dict[str, Any]], None], fmt: str = "json",
+         hint: bool = False, json: bool = False, **kwargs: Any) -> None:
+    def build(d: Path) -> list[str]:
+        doc = mapping_doc()
+        edit(doc)
+        return two_regressors(d, doc=doc, mapping=f"map.{fmt}", **kwargs)
+
+    HOSTILE_CASES.append(Case(name, build, code, f"map.{fmt}", problem, hint, json))
+
+
+def _yaml(name: str, problem: str, text: str, json: bool = False) -> None:
+    def build(d: Path) -> list[str]:
+        save(make_regressor(), d / "a.onnx")
+        save(make_regressor(weight=-1.0), d / "b.onnx")
+        (d / "map.yaml").write_text(text)
+        return merge_args(d, "map.yaml")
+
+    HOSTILE_CASES.append(Case(name, build, ExitCode.BAD_INPUT, "map.yaml", problem, json=json))
+
+
+# ---------------------------------------------------------------------------- absurd sizes and tolerances
+
+_usage("rows_over_the_cap", "--rows must be between 1 and", "--rows", "100000000", json=True)
+_usage("rows_10_to_the_12", "--rows must be between 1 and", "--rows", "1000000000000")
+_usage("rows_in_exponent_notation", "'1e12' is not a valid integer", "--rows", "1e12")
+_usage("atol_nan", "--atol must be a finite number >= 0", "--atol", "nan", json=True)
+_usage("atol_negative", "--atol must be a finite number >= 0", "--atol", "-1")
+_usage("atol_infinite", "--atol must be a finite number >= 0", "--atol", "inf", json=True)
+_usage("rtol_minus_infinity", "--rtol must be a finite number >= 0", "--rtol", "-inf")
+
+# ---------------------------------------------------------------------------- weights
+
+_usage("weights_all_zero", "--weights: combiner weighted: every weight is 0", "--weights", "0,0", "--combiner",
+       "weighted", json=True)
+_usage("weights_infinite", "--weights: 'inf' must be finite", "--weights", "inf,1")
+_usage("weights_nan", "--weights: 'nan' must be finite", "--weights", "nan,1")
+_doc("mapping_weights_all_zero_vote", ExitCode.BAD_INPUT, "combiner vote: every weight is 0",
+     lambda doc: (doc["models"]["a"].update(weight=0), doc["models"]["b"].update(weight=0.0),
+                  doc["combiner"].update(kind="vote")), hint=True)
+_doc("mapping_weight_infinite", ExitCode.BAD_INPUT, "models.a.weight: must be a finite number",
+     lambda doc: doc["models"]["a"].update(weight=1e999), fmt="yaml")
+
+# ---------------------------------------------------------------------------- values that do not fit
+
+
+def _classes(labels: list[int]) -> Callable[[dict[str, Any]], None]:
+    def edit(doc: dict[str, Any]) -> None:
+        for m in ("a", "b"):
+            doc["models"][m] |= {"task": "classification", "classes": labels}
+
+    return edit
+
+
+_doc("class_label_2_to_the_63", ExitCode.BAD_INPUT, "models.a.classes[1]: class label 9223372036854775808",
+     _classes([0, 2**63]), json=True)
+_doc("class_label_below_int64", ExitCode.BAD_INPUT, "does not fit in int64", _classes([-(2**63) - 1, 0]))
+_doc("missing_label_2_to_the_70", ExitCode.BAD_INPUT, "combiner.missing_label: 1180591620717411303424",
+     lambda doc: doc.update(combiner={"kind": "gate", "missing_label": 2**70}))
+
+# ---------------------------------------------------------------------------- YAML
+
+_yaml("yaml_key_that_is_a_list", "a key must be a string, not a list or table (line 6)",
+      GOOD_YAML + "? [x, y]\n: 1\n", json=True)
+_yaml("yaml_integer_model_name", "a key must be a string, not number 1",
+      "version: 1\ninput: {columns: [A, B, C, D]}\nmodels:\n  1: {path: a.onnx, columns: [A, B]}\n"
+      "  b: {path: b.onnx, columns: [C, D]}\n")
+_yaml("yaml_null_key", "a key must be a string, not null",
+      "version: 1\ninput: {columns: [A, B, C, D]}\nmodels:\n  ~: {path: a.onnx, columns: [A, B]}\n")
+_yaml("yaml_merge_key_then_a_duplicate", "duplicate key 'path'",
+      "version: 1\ninput: {columns: [A, B, C, D]}\nmodels:\n  a: &base {path: a.onnx, columns: [A, B]}\n"
+      "  b:\n    <<: *base\n    path: b.onnx\n    path: b.onnx\n")
+
+# ---------------------------------------------------------------------------- the file to blame
+
+_doc("input_name_inside_a_model_prefix", ExitCode.BAD_INPUT, "input.name: 'a/x' starts with 'a/'",
+     lambda doc: doc["input"].update(name="a/x"), fmt="toml", hint=True, json=True)
+_doc("input_name_is_the_output_name", ExitCode.INCOMPATIBLE, "'prediction' is already used by the merged input",
+     lambda doc: doc["input"].update(name="prediction"), fmt="toml", hint=True)
+
+
+@case(ExitCode.CANNOT_WRITE, "newdir/", "names a directory", hint=True, json=True)
+def output_with_a_trailing_slash(d: Path) -> list[str]:
+    args = two_regressors(d)
+    return [*args[:-3], f"{d}/newdir/", *args[-2:]]  # str(Path) would drop the slash
+
+
+@case(ExitCode.CANNOT_WRITE, "newdir/", "names a directory", hint=True)
+def output_an_existing_directory_with_a_trailing_slash(d: Path) -> list[str]:
+    args = two_regressors(d)
+    (d / "newdir").mkdir()
+    return [*args[:-3], f"{d}/newdir/", *args[-2:]]
+
+
+@case(ExitCode.CANNOT_WRITE, "/".join(["x" * 200] * 25), "the path is too long", hint=True)
+def output_longer_than_path_max(d: Path) -> list[str]:
+    two_regressors(d)
+    return merge_args(d, out="/".join(["x" * 200] * 25))
+
+
+@case(ExitCode.CANNOT_WRITE, "x" * 300 + "/merged.onnx", "File name too long")
+def output_folder_name_longer_than_name_max(d: Path) -> list[str]:
+    two_regressors(d)
+    return merge_args(d, out="x" * 300 + "/merged.onnx")
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    for c in HOSTILE_CASES:
+        where = root / c.name
+        where.mkdir(parents=True)
+        print(f"{c.name}: merge-models {' '.join(c.build(where))}   # expect exit {int(c.code)}")
+
