@@ -1,94 +1,552 @@
-"""Real rows with a target: the merged input's columns (read by rows.py) plus the column of true values."""
+"""Real rows (--data): a CSV, .npz or Parquet file read once into a frozen Data of per-input arrays and a target.
+
+One reader serves verification, scores and the stack fit. It reads at most what the file holds
+(devices, procfs and sysfs files are refused) and checks sizes an .npz declares before it allocates.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
+import stat
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
-from .errors import bad_input
+from .errors import bad_input, first_line, usage
 from .mapping import InputSpec
-from .rows import MISSING, read_rows
+
+MISSING = ("", "nan", "NaN", "NA", "N/A", "null", "None")  # cells read as a missing value (NaN)
+MAX_HEADER = 16 << 20  # bytes in a CSV header line: 16 MiB names ~1M columns; a longer line is not a header
+TEXT_FORMATS = (".csv", ".txt", ".tsv")
+FORMATS = (*TEXT_FORMATS, ".npz", ".parquet")
 
 
 @dataclass(frozen=True)
 class Rows:
-    """Rows in the merged input's column order; `target` as read (numbers, or strings for string labels)."""
+    """Rows read from `path`: per merged input an [N, k] array (float64 with NaN where a cell is missing,
+    or str objects for text columns), and the target as read (float64, or str objects for labels)."""
 
     path: Path
-    features: np.ndarray  # [N, F] float64, NaN where a cell is missing
-    target: np.ndarray | None  # [N] float64 or object (str); None when there is no target
+    inputs: Mapping[str, np.ndarray]
+    target: np.ndarray | None
     target_name: str | None
 
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
 
-def read_data(path: Path, spec: InputSpec, target: str | None) -> Rows:
-    """The rows of `path` and its `target` column (CSV) or array (.npz); without a name, the one CSV
-    column that is not an input, or an .npz's `y`; no such column: no target (verification only)."""
-    features = read_rows(path, spec.columns, "float64")
-    name = target if target is not None else guess_target(path, spec)
-    if name is None:
-        return Rows(path, features, None, None)
-    values = _read_npz_target(path, name) if path.suffix.lower() == ".npz" else _read_csv_target(path, name, spec)
-    if len(values) != len(features):
-        raise bad_input(path, f"{len(values)} target values for {len(features)} rows")
-    return Rows(path, features, values, name)
+    @property
+    def features(self) -> np.ndarray:
+        """The one merged input's rows (a mapping with one [input] table)."""
+        (only,) = self.inputs.values()
+        return only
 
 
-def guess_target(path: Path, spec: InputSpec) -> str | None:
-    """The CSV header's one column that is not an input, or an .npz's `y` (None when there is none)."""
-    if not path.is_file():  # read_rows says what is wrong; a device such as /dev/zero is never read
+def read_data(path: Path, inputs: Sequence[InputSpec], target: str | None = None) -> Rows:
+    """Read `path` once: each input's columns (CSV/Parquet header names; .npz: an array per input name,
+    `X` for a single input, or one per column) and the `target` column or array (None: no target)."""
+    blob = read_file(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        data = _read_npz(path, blob, inputs, target)
+    elif suffix == ".parquet":
+        data = _read_parquet(path, blob, inputs, target)
+    else:
+        data = _read_text(path, blob, inputs, target)
+    if len(data) == 0:
+        raise bad_input(path, "has no rows")
+    if data.target is not None and len(data.target) != len(data):
+        raise bad_input(path, f"{len(data.target)} target values for {len(data)} rows")
+    return data
+
+
+def resolve_target(path: Path, inputs: Sequence[InputSpec], target: str | None, strict: bool = True) -> str | None:
+    """The target column of `path`, decided here only: `target` if given (it must exist); else an .npz's
+    `y`, or the one CSV/Parquet column that is not an input. Several such columns: the user must say
+    which (`strict`), or there is no target (verify, which scores nothing)."""
+    names = column_names(path)
+    used = _used_names(path, inputs)
+    if target is not None:
+        if target not in names:
+            others = ", ".join(n for n in names if n not in used) or "none"
+            raise bad_input(path, f"no target column {target!r}", f"columns that are not inputs: {others}")
+        return target
+    if path.suffix.lower() == ".npz":
+        return "y" if "y" in names else None
+    extra = [n for n in names if n not in used]
+    if len(extra) > 1 and not strict:
         return None
+    if len(extra) > 1:
+        shown = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
+        raise usage(path, f"{len(extra)} non-input columns ({shown}): pass --target",
+                    f"e.g. --target {extra[-1]} (the column of true values the models are scored on)")
+    return extra[0] if extra else None
+
+
+def column_names(path: Path) -> list[str]:
+    """The names a file offers: its CSV header, Parquet schema or .npz arrays (a bounded peek)."""
+    suffix = _format(path)
+    with _open(path) as f:
+        if suffix in TEXT_FORMATS:
+            return _header(path, f.readline(MAX_HEADER + 1))[0]
+        if suffix == ".npz":
+            return [n.removesuffix(".npy") for n in _archive(path, f).namelist()]
+        return list(_parquet(path, f).schema_arrow.names)
+
+
+# ---------------------------------------------------------------------------- the file itself
+
+
+def read_file(path: Path) -> bytes:
+    """The file's bytes, at most as many as it says it holds: devices, pipes, procfs and sysfs files
+    (which claim to be regular files of size 0 or of any size) are refused, not read until memory runs out."""
+    _format(path)
+    with _open(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        blob = f.read(size)
+    if len(blob) == 0:
+        raise bad_input(path, "is empty")
+    return blob
+
+
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise bad_input(path, f"unknown data format {suffix or '(no extension)'!r}",
+                        "give a .csv file with a header row, a .npz file with an array X, or a .parquet file")
+    return suffix
+
+
+def _open(path: Path) -> io.BufferedReader:
     try:
-        if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return "y" if "y" in archive.files else None
-        header = _header(path)
-    except Exception:  # read_rows reports what is wrong with the file, in its own words
-        return None
-    extra = [h for h in header if h not in spec.position]
-    return extra[0] if len(extra) == 1 else None
+        f = open(path, "rb")  # noqa: SIM115 - returned to the caller's with-block
+    except FileNotFoundError:
+        raise bad_input(path, "no such data file") from None
+    except IsADirectoryError:
+        raise bad_input(path, "is a directory, not a data file") from None
+    except OSError as e:
+        raise bad_input(path, f"cannot read: {e.strerror or e}") from None
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode) or st.st_dev in _pseudo_devices():
+        f.close()
+        if stat.S_ISDIR(st.st_mode):
+            raise bad_input(path, "is a directory, not a data file")
+        raise bad_input(path, "is not a regular file, not a data file", "give a CSV, .npz or Parquet file")
+    return f
 
 
-def _header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return [h.strip() for h in next(csv.reader(f, delimiter=_delimiter(path)), [])]
+def _pseudo_devices() -> set[int]:
+    """Devices of procfs and sysfs, whose files say they are regular but are made up as they are read."""
+    found = set()
+    for root in ("/proc", "/sys"):
+        try:
+            found.add(os.stat(root).st_dev)
+        except OSError:
+            pass
+    return found
+
+
+def _used_names(path: Path, inputs: Sequence[InputSpec]) -> set[str]:
+    """Names that feed inputs: columns, plus (.npz) the arrays that may hold them."""
+    used = {c for spec in inputs for c in spec.columns}
+    if path.suffix.lower() == ".npz":
+        used |= {spec.name for spec in inputs} | ({"X"} if len(inputs) == 1 else set())
+    return used
+
+
+def _is_text(spec: InputSpec) -> bool:
+    return str(spec.dtype) == "string"
+
+
+def _target_values(path: Path, name: str, cells: np.ndarray) -> np.ndarray:
+    """A target column: numbers (NaN where missing), else string labels (which must all be there)."""
+    if cells.dtype.kind in "fiub":
+        return cells.astype(np.float64)
+    text = np.char.strip(cells.astype(str))
+    missing = np.isin(text, MISSING)
+    try:
+        return np.where(missing, "nan", text).astype(np.float64)
+    except ValueError:  # not all numbers: class labels
+        if missing.any():
+            raise bad_input(path, f"target column {name!r} has empty cells among its labels") from None
+        return text.astype(object)
+
+
+def _number_columns(cells: np.ndarray) -> np.ndarray:
+    """[N, k] text cells as float64, missing cells NaN; raises ValueError on a cell that is not a number."""
+    text = np.char.strip(cells.astype(str))
+    return np.where(np.isin(text, MISSING), "nan", text).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------- CSV
+
+
+def _header(path: Path, line: bytes) -> tuple[list[str], int]:
+    """The header's names (first of repeated names wins) and its length in bytes."""
+    if len(line) > MAX_HEADER:
+        raise bad_input(path, f"the header line is longer than {MAX_HEADER >> 20} MiB",
+                        "the first line must name the columns")
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise bad_input(path, f"is not valid UTF-8 (byte {e.start})") from None
+    try:
+        names = next(csv.reader([text.rstrip("\r\n")], delimiter=_delimiter(path)), [])
+    except csv.Error as e:
+        raise bad_input(path, f"invalid CSV header: {e}") from None
+    if not names or names == [""]:
+        raise bad_input(path, "has no header: the first line must name the columns")
+    return [n.strip() for n in names], len(line)
 
 
 def _delimiter(path: Path) -> str:
     return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-def _read_csv_target(path: Path, name: str, spec: InputSpec) -> np.ndarray:
-    header = _header(path)
-    if name not in header:
-        others = ", ".join(h for h in header if h not in spec.position) or "none"
-        raise bad_input(path, f"no target column {name!r} in the header", f"columns that are not inputs: {others}")
-    index = header.index(name)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter=_delimiter(path))
-        next(reader)
-        cells = [row[index].strip() for row in reader if row]  # read_rows has checked every row's width
+@dataclass(frozen=True)
+class _Plan:
+    """Which header positions feed which input, and the target's position."""
+
+    header: list[str]
+    columns: dict[str, list[int]]  # input name -> header positions, in the input's column order
+    text: set[str]  # inputs of text columns
+    target: int | None
+
+    @property
+    def used(self) -> list[int]:
+        return sorted({i for cols in self.columns.values() for i in cols} | ({self.target} if self.target is not None
+                                                                              else set()))
+
+
+def _plan(path: Path, header: list[str], inputs: Sequence[InputSpec], target: str | None) -> _Plan:
+    position: dict[str, int] = {}
+    for i, h in enumerate(header):
+        position.setdefault(h, i)
+    columns = {}
+    for spec in inputs:
+        missing = [c for c in spec.columns if c not in position]
+        if missing:
+            shown = ", ".join(repr(c) for c in missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise bad_input(path, f"has no column {shown} ({len(missing)} of the mapping's "
+                            f"{len(spec.columns)} columns are missing)", "the header must name the mapping's columns")
+        columns[spec.name] = [position[c] for c in spec.columns]
+    if target is not None and target not in position:
+        others = ", ".join(h for h in header if h not in {c for s in inputs for c in s.columns}) or "none"
+        raise bad_input(path, f"no target column {target!r} in the header", f"columns that are not inputs: {others}")
+    return _Plan(header, columns, {s.name for s in inputs if _is_text(s)}, position.get(target) if target else None)
+
+
+def _read_text(path: Path, blob: bytes, inputs: Sequence[InputSpec], target: str | None) -> Rows:
+    """CSV/TSV: pyarrow when installed (its errors are re-read by numpy, whose messages name the line),
+    else numpy.loadtxt on all columns as numbers, then as text, then Python's csv module for the error."""
+    end = blob.find(b"\n", 0, MAX_HEADER + 1)
+    header, start = _header(path, blob if end < 0 else blob[: end + 1])
+    plan = _plan(path, header, inputs, target)
+    if not blob[start:start + 4096].strip() and not blob[start:].strip():
+        raise bad_input(path, "has no rows")
+    cells = _arrow_csv(path, blob, start, plan)
+    if cells is None:
+        cells = _numpy_csv(path, blob, start, plan)
+    return _assemble(path, plan, cells, target)
+
+
+def _assemble(path: Path, plan: _Plan, cells: Mapping[int, np.ndarray], target: str | None) -> Rows:
+    """Columns by header position -> each input's [N, k] array and the target."""
+    inputs = {}
+    for name, positions in plan.columns.items():
+        if name in plan.text:
+            inputs[name] = np.stack([cells[i].astype(object) for i in positions], axis=1) if positions else \
+                np.empty((0, 0), object)
+        else:
+            inputs[name] = np.stack([cells[i] for i in positions], axis=1).astype(np.float64, copy=False)
+    values = None
+    if plan.target is not None and target is not None:
+        values = _target_values(path, target, cells[plan.target])
+    return Rows(path, MappingProxyType(inputs), values, target if values is not None else None)
+
+
+def _numpy_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> dict[int, np.ndarray]:
+    """numpy.loadtxt's C parser: every column as float64 in one pass (the common case: all numbers);
+    failing that, the used columns as text, converted column by column; failing that, _careful_csv."""
+    options: dict[str, Any] = {"delimiter": _delimiter(path), "comments": None, "quotechar": '"', "ndmin": 2,
+                               "encoding": "utf-8"}
+    width = len(plan.header)
+    if not plan.text:
+        try:
+            table = np.loadtxt(_at(blob, start), dtype=np.float64, **options)
+            if table.shape[1] == width:
+                return {i: table[:, i] for i in plan.used}
+        except ValueError:
+            pass
+    if _widths_agree(np.frombuffer(blob, dtype=np.uint8, offset=start), width, options["delimiter"]):
+        try:
+            text = np.loadtxt(_at(blob, start), dtype=str, usecols=plan.used, **options)
+            numeric = [i for i in plan.used if i != plan.target and not _text_column(plan, i)]
+            out = {i: text[:, k] for k, i in enumerate(plan.used)}
+            if numeric:
+                numbers = _number_columns(np.stack([out[i] for i in numeric], axis=1))
+                out |= {i: numbers[:, k] for k, i in enumerate(numeric)}
+            return out
+        except (ValueError, MemoryError):
+            pass
+    return _careful_csv(path, blob[start:], plan)
+
+
+def _at(blob: bytes, start: int) -> io.BytesIO:
+    """The bytes as a file positioned at `start` (BytesIO shares a bytes object's buffer: no copy)."""
+    f = io.BytesIO(blob)
+    f.seek(start)
+    return f
+
+
+def _text_column(plan: _Plan, position: int) -> bool:
+    return any(position in plan.columns[name] for name in plan.text)
+
+
+def _widths_agree(raw: np.ndarray, width: int, delimiter: str) -> bool:
+    """Every non-empty line has width-1 delimiters and no quotes (then the text pass may use usecols,
+    which would not notice a longer row) and no line is so long that fixed-width text cells would
+    take far more memory than the file."""
+    if len(raw) == 0 or bool((raw == ord('"')).any()):
+        return False
+    ends = np.flatnonzero(raw == 10)
+    if len(ends) == 0 or ends[-1] != len(raw) - 1:
+        ends = np.append(ends, len(raw))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts
+    keep = lengths > (raw[np.minimum(starts, len(raw) - 1)] == 13)  # skip blank lines (\n or \r\n)
+    if not keep.any():
+        return True
+    if int(lengths.max()) * 4 * int(keep.sum()) > 16 * len(raw) + (64 << 20):
+        return False
+    delimiters = np.add.reduceat(raw == ord(delimiter), starts, dtype=np.uint32)  # per line (blank ones: 0)
+    return bool(np.all(delimiters[keep] == width - 1))
+
+
+def _careful_csv(path: Path, body: bytes, plan: _Plan) -> dict[int, np.ndarray]:
+    """Python's csv module, cell by cell: slow, but it says which line and column is wrong."""
     try:
-        return np.array([math.nan if c in MISSING else float(c) for c in cells])
-    except ValueError:  # not all numbers: string class labels
-        if any(c in MISSING for c in cells):
-            raise bad_input(path, f"target column {name!r} has empty cells among its labels") from None
-        return np.array(cells, dtype=object)
+        text = io.StringIO(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise bad_input(path, f"is not valid UTF-8 (byte {e.start})") from None
+    width = len(plan.header)
+    numeric = [i for i in plan.used if i != plan.target and not _text_column(plan, i)]
+    kept: dict[int, list[Any]] = {i: [] for i in plan.used}
+    try:
+        for line, row in enumerate(csv.reader(text, delimiter=_delimiter(path)), start=2):
+            if not row:
+                continue
+            if len(row) != width:
+                raise bad_input(path, f"line {line}: {len(row)} cells, the header has {width}")
+            for i in plan.used:
+                kept[i].append(row[i].strip())
+            for i in numeric:
+                kept[i][-1] = _number(path, kept[i][-1], line, plan.header[i])
+    except csv.Error as e:
+        raise bad_input(path, f"invalid CSV: {e}") from None
+    return {i: np.array(v, dtype=np.float64 if i in numeric else object) for i, v in kept.items()}
 
 
-def _read_npz_target(path: Path, name: str) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as archive:
-        if name not in archive.files:
-            raise bad_input(path, f"no target array {name!r} (it has: {', '.join(archive.files)})",
+def _number(path: Path, text: str, line: int, column: str) -> float:
+    if text in MISSING:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise bad_input(path, f"line {line}: column {column!r}: {text[:40]!r} is not a number") from None
+
+
+# ---------------------------------------------------------------------------- pyarrow (optional: merge-models[data])
+
+
+def _arrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.csv
+        import pyarrow.parquet
+    except ImportError:
+        return None
+    return pyarrow
+
+
+def _arrow_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> dict[int, np.ndarray] | None:
+    """pyarrow.csv on the used columns (None without pyarrow or on any error: numpy re-reads and explains)."""
+    pa = _arrow()
+    if pa is None:
+        return None
+    names = [f"c{i}" for i in range(len(plan.header))]
+    types = {f"c{i}": pa.float64() for i in plan.used if i != plan.target and not _text_column(plan, i)}
+    types |= {f"c{i}": pa.string() for i in plan.used if _text_column(plan, i)}
+    try:
+        table = pa.csv.read_csv(
+            pa.BufferReader(pa.py_buffer(blob).slice(start)),
+            read_options=pa.csv.ReadOptions(column_names=names, block_size=8 << 20),
+            parse_options=pa.csv.ParseOptions(delimiter=_delimiter(path)),
+            convert_options=pa.csv.ConvertOptions(include_columns=[names[i] for i in plan.used], column_types=types,
+                                                  null_values=list(MISSING), strings_can_be_null=True,
+                                                  true_values=[], false_values=[]))  # True/False: labels
+    except (pa.ArrowException, ValueError, OverflowError):
+        return None
+    return {i: _arrow_column(table.column(names[i]), text=_text_column(plan, i)) for i in plan.used}
+
+
+def _arrow_column(column: Any, text: bool) -> np.ndarray:
+    """An arrow column as numpy: numbers as float64 with NaN for nulls, anything else as str objects."""
+    import pyarrow as pa
+
+    if not text and (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)
+                     or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
+        return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    values = column.cast(pa.string()).to_numpy(zero_copy_only=False)
+    return np.array(["" if v is None else v for v in values], dtype=object)
+
+
+def _parquet(path: Path, source: bytes | io.BufferedReader) -> Any:
+    pa = _arrow()
+    if pa is None:
+        raise bad_input(path, "reading Parquet needs pyarrow", "pip install 'merge-models[data]'")
+    try:
+        return pa.parquet.ParquetFile(pa.BufferReader(source) if isinstance(source, bytes) else source)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise bad_input(path, f"cannot read Parquet: {first_line(e)}") from None
+
+
+def _read_parquet(path: Path, blob: bytes, inputs: Sequence[InputSpec], target: str | None) -> Rows:
+    pa = _arrow()
+    parquet = _parquet(path, blob)
+    header = list(parquet.schema_arrow.names)
+    plan = _plan(path, header, inputs, target)
+    if parquet.metadata.num_rows * max(len(plan.used), 1) * 8 > 8 * len(blob) + (256 << 20):
+        raise bad_input(path, f"declares {parquet.metadata.num_rows} rows, far more than its {len(blob)} bytes hold")
+    try:
+        table = parquet.read(columns=[header[i] for i in plan.used])
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise bad_input(path, f"cannot read Parquet: {first_line(e)}") from None
+    cells = {}
+    for k, i in enumerate(plan.used):
+        column = table.column(k)
+        if not _text_column(plan, i) and i != plan.target and not (
+                pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type)
+                or pa.types.is_null(column.type)):
+            raise bad_input(path, f"column {header[i]!r} has type {column.type}; numbers are needed")
+        cells[i] = _arrow_column(column, text=_text_column(plan, i))
+    return _assemble(path, plan, cells, target)
+
+
+# ---------------------------------------------------------------------------- .npz
+
+
+def _archive(path: Path, source: bytes | io.BufferedReader) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        hint = "save it with np.savez(path, X=rows, y=targets)"
+        if isinstance(source, io.BufferedReader):
+            source.seek(0)
+        if (source if isinstance(source, bytes) else source.read(6)).startswith(b"\x93NUMPY"):
+            raise bad_input(path, "is a .npy file, not a .npz archive", hint) from None
+        raise bad_input(path, f"is not a .npz archive: {first_line(e)}", hint) from None
+
+
+def _npy(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    """One array, its declared shape and dtype checked against what the archive holds before reading it."""
+    member = archive.getinfo(f"{name}.npy")
+    fmt = np.lib.format
+    try:
+        with archive.open(member) as f:
+            version = fmt.read_magic(f)
+            read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise bad_input(path, f"{name} is a .npy of version {version}, which is not read here")
+            shape, fortran, dtype = read_header(f)
+            if dtype.hasobject:
+                raise bad_input(path, f"{name} is an array of Python objects, which is never unpickled",
+                                "save numbers or strings")
+            count = math.prod(shape)
+            size = count * dtype.itemsize
+            if size > member.file_size:
+                raise bad_input(path, f"{name} declares shape {list(shape)} ({size} bytes), but the archive holds "
+                                f"{member.file_size} bytes for it")
+            if size > _memory_available():
+                raise bad_input(path, f"{name} declares shape {list(shape)} ({size} bytes), more than this "
+                                "machine's free memory")
+            raw = f.read(size)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zipfile.LargeZipFile, zlib.error) as e:
+        raise bad_input(path, f"cannot read {name}: {first_line(e)}") from None
+    if len(raw) != size:
+        raise bad_input(path, f"{name} is truncated: {len(raw)} of {size} bytes")
+    array = np.frombuffer(raw, dtype=dtype, count=count)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def _memory_available() -> int:
+    """MemAvailable (Linux), or no limit where it cannot be read."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f.read(1 << 16).splitlines():
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62
+
+
+def _read_npz(path: Path, blob: bytes, inputs: Sequence[InputSpec], target: str | None) -> Rows:
+    """An array per input (`X` for a single input), or one 1-D array per column; the target array."""
+    archive = _archive(path, blob)
+    names = {n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy")}
+    features = {}
+    for spec in inputs:
+        whole = spec.name if spec.name in names else "X" if len(inputs) == 1 and "X" in names else None
+        if whole is not None:
+            rows = _npy(path, archive, whole)
+            if rows.ndim != 2 or rows.shape[1] != len(spec.columns):
+                raise bad_input(path, f"{whole} has shape {list(rows.shape)}; the merged input takes "
+                                f"[N, {len(spec.columns)}]")
+        elif spec.columns and all(c in names for c in spec.columns):
+            rows = np.stack([_column(path, archive, c) for c in spec.columns], axis=1)
+        else:
+            wanted = "X" if len(inputs) == 1 else spec.name
+            raise bad_input(path, f"has no array {wanted!r} (it has: {', '.join(sorted(names)) or 'nothing'})",
                             "save the rows with np.savez(path, X=rows, y=targets)")
-        values = archive[name]
-    if values.ndim != 1:
-        raise bad_input(path, f"{name} has shape {list(values.shape)}; one target per row is needed")
-    if values.dtype.kind in "US":
-        return values.astype(str).astype(object)
-    if values.dtype.kind not in "fiub":
-        raise bad_input(path, f"{name} has dtype {values.dtype}; numbers or strings are needed")
-    return values.astype(np.float64)
+        features[spec.name] = _npz_cells(path, whole or spec.name, rows, _is_text(spec))
+    values = None
+    if target is not None:
+        if target not in names:
+            raise bad_input(path, f"no target array {target!r} (it has: {', '.join(sorted(names))})",
+                            "save the rows with np.savez(path, X=rows, y=targets)")
+        y = _npy(path, archive, target)
+        if y.ndim != 1:
+            raise bad_input(path, f"{target} has shape {list(y.shape)}; one target per row is needed")
+        if y.dtype.kind not in "fiubUS":
+            raise bad_input(path, f"{target} has dtype {y.dtype}; numbers or strings are needed")
+        values = y.astype(str).astype(object) if y.dtype.kind in "US" else y.astype(np.float64)
+    rows_of = {len(v) for v in features.values()}
+    if len(rows_of) > 1:
+        raise bad_input(path, f"its arrays hold different numbers of rows ({', '.join(map(str, sorted(rows_of)))})")
+    return Rows(path, MappingProxyType(features), values, target if values is not None else None)
+
+
+def _column(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray:
+    column = _npy(path, archive, name)
+    if column.ndim != 1:
+        raise bad_input(path, f"{name} has shape {list(column.shape)}; a column is one value per row")
+    return column
+
+
+def _npz_cells(path: Path, name: str, rows: np.ndarray, text: bool) -> np.ndarray:
+    if text:
+        if rows.dtype.kind not in "US":
+            raise bad_input(path, f"{name} has dtype {rows.dtype}; the input takes strings")
+        return rows.astype(str).astype(object)
+    if rows.dtype.kind not in "fiub":
+        raise bad_input(path, f"{name} has dtype {rows.dtype}; numbers are needed")
+    return rows.astype(np.float64)

@@ -382,8 +382,11 @@ def apply_overrides(
         if combiner not in COMBINERS:
             raise usage(None, f"unknown combiner {combiner!r}", f"use one of {', '.join(COMBINERS)}")
         comb = replace(comb, kind=combiner)
-        if combiner == "stack" and (comb.data is None or comb.target is None):
-            raise usage(mapping.source, "--combiner stack needs data and target in [combiner]")
+        if combiner == "stack" and comb.data is None:
+            raise usage(mapping.source, "--combiner stack needs rows to fit on",
+                        "pass --data rows.csv (with a target column), or set data and target in [combiner]")
+        if combiner == "stack" and comb.target is None:
+            raise usage(comb.data, "--combiner stack needs a target column in these rows", "pass --target NAME")
         if combiner == "onnx" and comb.path is None:
             raise usage(mapping.source, "--combiner onnx needs path in [combiner]")
     if comb.kind == "weighted":

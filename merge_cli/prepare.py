@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .combiners import Head, Prepared, gate_rows, read_user_graph, stack_task
-from .data import Rows, guess_target, read_data
+from .data import Rows, read_data, resolve_target
 from .errors import bad_input, usage
 from .mapping import FeatureMapping
 from .normalize import Part
@@ -18,14 +18,16 @@ from .stacking import StackModel, fit_stack
 
 
 def data_defaults(mapping: FeatureMapping, data: str | Path | None, target: str | None) -> FeatureMapping:
-    """--data/--target stand in for [combiner] data/target where the file gives none (e.g. --combiner stack)."""
+    """--data and its target (--target, else resolved from the file's columns) stand in for [combiner]
+    data/target where the file gives none (e.g. for --combiner stack)."""
     if data is None:
         if target is not None:
             raise usage(None, "--target names a column of --data; give --data too")
         return mapping
+    resolved = resolve_target(Path(data), [mapping.input], target)
     comb = mapping.combiner
     if comb.data is None:
-        comb = replace(comb, data=Path(data), target=comb.target or target or guess_target(Path(data), mapping.input))
+        comb = replace(comb, data=Path(data), target=resolved)
     return replace(mapping, combiner=comb)
 
 
@@ -33,8 +35,9 @@ def prepare_combiner(spec: FeatureMapping, data: Path | None, target: str | None
     """Before conversion: the --data rows, and the user's combiner graph (converted with the parts)."""
     rows = None
     if data is not None:
-        stack_data = spec.combiner.data is not None and _same_file(spec.combiner.data, data)
-        rows = read_data(data, spec.input, target or (spec.combiner.target if stack_data else None))
+        if spec.combiner.data is not None and _same_file(spec.combiner.data, data):
+            target = target or spec.combiner.target
+        rows = read_data(data, [spec.input], resolve_target(data, [spec.input], target, strict=False))
     if spec.combiner.kind == "onnx":
         assert spec.combiner.path is not None
         return Prepared(graph=read_user_graph(spec.combiner.path, spec)), rows
@@ -48,7 +51,7 @@ def fit_combiner(spec: FeatureMapping, parts: list[Part], prepared: Prepared, ro
         return prepared
     assert comb.data is not None and comb.target is not None
     if rows is None or not _same_file(comb.data, rows.path) or rows.target_name != comb.target:
-        rows = read_data(comb.data, spec.input, comb.target)
+        rows = read_data(comb.data, [spec.input], comb.target)
     return replace(prepared, stack=fit(spec, parts, rows))
 
 

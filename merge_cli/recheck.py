@@ -104,9 +104,9 @@ def verify_merged(
         parts = read_parts(spec, [load_model(m.path) for m in spec.models])
         real_rows = None
         if data is not None:
-            from .rows import read_rows
+            from .data import read_data
 
-            real_rows = read_rows(data, spec.input.columns, spec.input.dtype)
+            real_rows = read_data(data, [spec.input]).features.astype(spec.input.dtype)
     with step("convert"):
         prepared, _ = prepare_combiner(spec, None, None)  # the user's combiner graph
         target = convert_parts(parts, opset, spec, prepared)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,14 +60,27 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 
 
 def regression_scores(y: np.ndarray, predicted: np.ndarray) -> dict[str, float | None]:
+    """RMSE, MAE and R^2, computed on values scaled by their largest magnitude so that targets near the
+    float64 limit (1e300) do not overflow to inf/NaN; a score that still is not finite is None (JSON has no NaN)."""
     y = y.astype(np.float64)
-    error = predicted.astype(np.float64) - y
-    total = float(np.sum((y - y.mean()) ** 2))
-    return {
-        "rmse": float(np.sqrt(np.mean(error ** 2))),
-        "mae": float(np.mean(np.abs(error))),
-        "r2": float(1.0 - np.sum(error ** 2) / total) if total > 0 else None,
-    }
+    with np.errstate(over="ignore", invalid="ignore"):
+        error = predicted.astype(np.float64) - y
+        scale = float(np.max(np.abs(error), initial=0.0))
+        y_scale = float(np.max(np.abs(y), initial=0.0)) or 1.0
+        spread = y / y_scale - np.mean(y / y_scale)
+        e = error / scale if scale > 0 and math.isfinite(scale) else error
+        unit = scale if scale > 0 and math.isfinite(scale) else 1.0
+        sse, total = float(np.sum(e ** 2)), float(np.sum(spread ** 2))
+        r2 = 1.0 - sse * (unit / y_scale) ** 2 / total if total > 0 else None
+        return {
+            "rmse": _finite(unit * math.sqrt(sse / len(y))),
+            "mae": _finite(unit * float(np.mean(np.abs(e)))),
+            "r2": _finite(r2),
+        }
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 # ---------------------------------------------------------------------------- a table of models on real rows

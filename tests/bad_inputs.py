@@ -599,6 +599,104 @@ def data_file_is_a_device(d: Path) -> list[str]:
     return [*args, "--data", str(d / "rows.csv")]
 
 
+# ---------------------------------------------------------------------------- --data files (merge_cli/data.py)
+
+
+def _with_data(d: Path, name: str, write: Callable[[Path], object], *extra: str) -> list[str]:
+    args = two_regressors(d)
+    write(d / name)
+    return [*args, "--data", str(d / name), *extra]
+
+
+def _npz(path: Path, members: dict[str, bytes]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(f"{name}.npy", data)
+
+
+def _npy(array: np.ndarray, shape: tuple[int, ...] | None = None) -> bytes:
+    """The .npy bytes of `array`, with `shape` declared in its header instead of the real one."""
+    import io
+
+    header = np.lib.format.header_data_from_array_1_0(array) | ({"shape": shape} if shape else {})
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, header)
+    return out.getvalue() + array.tobytes()
+
+
+@case(ExitCode.BAD_INPUT, "rows.csv", "not a regular file")
+def data_file_is_procfs(d: Path) -> list[str]:
+    """procfs files say they are regular (of size 0): /proc/self/pagemap would be read for terabytes."""
+    return _with_data(d, "rows.csv", lambda p: p.symlink_to("/proc/self/pagemap"))
+
+
+@case(ExitCode.BAD_INPUT, "rows.npz", "declares shape [600000000, 4]")
+def data_npz_declares_a_huge_array(d: Path) -> list[str]:
+    rows = np.zeros((1000, 4))
+    return _with_data(d, "rows.npz", lambda p: _npz(p, {"X": _npy(rows, (600_000_000, 4))}))
+
+
+@case(ExitCode.BAD_INPUT, "rows.npz", "python objects")
+def data_npz_object_array(d: Path) -> list[str]:
+    rows = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=object)
+    return _with_data(d, "rows.npz", lambda p: np.savez(p, X=rows))
+
+
+@case(ExitCode.BAD_INPUT, "rows.npz", "python objects")
+def data_npz_object_target(d: Path) -> list[str]:
+    y = np.array([1.0, "a"], dtype=object)
+    return _with_data(d, "rows.npz", lambda p: np.savez(p, X=np.ones((2, 4)), y=y))
+
+
+@case(ExitCode.BAD_INPUT, "rows.npz", "is a .npy file", hint=True)
+def data_npy_named_npz(d: Path) -> list[str]:
+    return _with_data(d, "rows.npz", lambda p: p.write_bytes(_npy(np.ones((3, 4)))))
+
+
+@case(ExitCode.BAD_INPUT, "rows.npz", "not a .npz archive", hint=True)
+def data_npz_truncated(d: Path) -> list[str]:
+    def write(p: Path) -> None:
+        np.savez(p, X=np.ones((50, 4)))
+        p.write_bytes(p.read_bytes()[:300])
+
+    return _with_data(d, "rows.npz", write)
+
+
+@case(ExitCode.BAD_INPUT, "rows.npz", "cannot read x")
+def data_npz_corrupt_member(d: Path) -> list[str]:
+    def write(p: Path) -> None:
+        np.savez_compressed(p, X=np.arange(4000.0).reshape(1000, 4))
+        data = bytearray(p.read_bytes())
+        data[200:260] = b"\xff" * 60  # inside the deflated data: a zlib error or a bad CRC
+        p.write_bytes(bytes(data))
+
+    return _with_data(d, "rows.npz", write)
+
+
+@case(ExitCode.BAD_INPUT, "rows.csv", "header line is longer than 16 MiB")
+def data_csv_header_too_long(d: Path) -> list[str]:
+    """One header line of 17 MiB: refused before it is parsed (a 300 MB one used to take 7 GB)."""
+    return _with_data(d, "rows.csv", lambda p: p.write_bytes(b"A,B,C,D," + b"x" * (17 << 20) + b"\n1,2,3,4,5\n"))
+
+
+@case(ExitCode.USAGE, "rows.csv", "2 non-input columns (id, target): pass --target", hint=True)
+def data_with_two_candidate_targets(d: Path) -> list[str]:
+    """An id beside the target: scoring is not silently skipped, the user says which is the target."""
+    return _with_data(d, "rows.csv", lambda p: p.write_text("A,B,id,C,D,target\n1,2,7,3,4,0.5\n"))
+
+
+@case(ExitCode.USAGE, "rows.csv", "--combiner stack needs a target column", hint=True)
+def stack_from_the_command_line_on_rows_without_a_target(d: Path) -> list[str]:
+    return _with_data(d, "rows.csv", lambda p: p.write_text("A,B,C,D\n1,2,3,4\n"), "--combiner", "stack")
+
+
+@case(ExitCode.BAD_INPUT, "rows.parquet", "cannot read parquet")
+def data_parquet_is_not_parquet(d: Path) -> list[str]:
+    return _with_data(d, "rows.parquet", lambda p: p.write_bytes(b"A,B,C,D\n1,2,3,4\n"))
+
+
 @case(ExitCode.BAD_INPUT, "map.toml", "directory")
 def mapping_is_a_directory(d: Path) -> list[str]:
     (d / "map.toml").mkdir()
