@@ -6,6 +6,8 @@ Commands import the library (and with it onnx, onnxruntime and numpy) only when 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -20,8 +22,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from . import __version__
-from .errors import ExitCode, MergeError, caused_by_interrupt, one_line
-from .process import interrupts_deferred, quiet_libraries
+from .errors import ExitCode, MergeError, first_line, interrupt_code, one_line
+from .process import TERMINATING, interrupts_deferred, quiet_libraries, termination_as_interrupt
 
 try:  # typer >= 0.20 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
@@ -31,6 +33,8 @@ except ImportError:  # pragma: no cover - older typer depends on click itself
 # typer's own Exit/Abort; with older typer these are click's (the same classes)
 _EXIT = (typer.Exit, getattr(click_exceptions, "Exit", typer.Exit))
 _ABORT = (typer.Abort, getattr(click_exceptions, "Abort", typer.Abort), KeyboardInterrupt)
+_INTERRUPTED = {ExitCode.INTERRUPTED: "interrupted", ExitCode.TERMINATED: "terminated (SIGTERM)",
+                ExitCode.HANGUP: "hung up (SIGHUP)"}
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -130,7 +134,7 @@ def merge(
         if not quiet and not json_output:
             for warning in result.warnings:
                 print(f"warning: {one_line(warning)}", file=sys.stderr)
-            _print_summary(result)
+            _to_stdout(_print_summary, result)
         return result.to_dict()
 
     _run(job, json_output, debug)
@@ -155,7 +159,7 @@ def inspect(
 
         info = describe(model)
         if not quiet and not json_output:
-            _print_inspect(info)
+            _to_stdout(_print_inspect, info)
         return info.to_dict()
 
     _run(job, json_output, debug)
@@ -192,11 +196,11 @@ def init(
                         "give --out FILE with --json")
         starter = starter_mapping(models, None if to_stdout else out, columns_from)
         if to_stdout:
-            sys.stdout.write(starter.text)
+            _to_stdout(sys.stdout.write, starter.text)
         else:
             write_starter(starter, out, force)
             if not quiet and not json_output:
-                _print_init(starter)
+                _to_stdout(_print_init, starter)
         return starter.to_dict()
 
     _run(job, json_output, debug)
@@ -232,7 +236,7 @@ def verify(
             result = verify_merged(merged, data=data, sources=_sources(source or []), rows=rows, atol=atol,
                                    rtol=rtol, progress=progress)
         if not quiet and not json_output:
-            _print_verify(result)
+            _to_stdout(_print_verify, result)
         doc = result.to_dict()
         if not result.passed:
             error = MergeError(ExitCode.VERIFY_FAILED, merged, result.verification.failure(),
@@ -271,9 +275,10 @@ def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> N
     except MergeError as e:
         _fail(e.line(), e.hint, int(e.code), json_output, e.to_dict(), e.details)
     except (KeyboardInterrupt, Exception) as e:  # Ctrl-C, or a bug: one line, the traceback only with --debug
-        if caused_by_interrupt(e):  # Ctrl-C; inside a C extension's import it comes back as ImportError
-            _fail("error: interrupted", None, int(ExitCode.INTERRUPTED), json_output,
-                  {"code": int(ExitCode.INTERRUPTED), "kind": "interrupted", "message": "interrupted"})
+        interrupted = interrupt_code(e)  # Ctrl-C; inside a C extension's import it comes back as ImportError
+        if interrupted is not None:
+            _fail(f"error: {_INTERRUPTED[interrupted]}", None, int(interrupted), json_output,
+                  {"code": int(interrupted), "kind": interrupted.name.lower(), "message": _INTERRUPTED[interrupted]})
         if debug:
             traceback.print_exc()
         message = f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
@@ -282,25 +287,46 @@ def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> N
               {"code": int(ExitCode.INTERNAL), "kind": "internal", "message": message})
     else:
         if json_output:
-            _print_json(doc)
+            try:
+                _print_json(doc)
+            except MergeError as e:
+                _fail(e.line(), e.hint, int(e.code), json_output, e.to_dict())
 
 
 def _fail(line: str, hint: str | None, code: int, json_output: bool, error: dict[str, Any],
           details: dict[str, Any] | None = None) -> None:
-    if json_output:  # every error object has the same keys
+    if json_output and error.get("file") != STDOUT:  # every error object has the same keys
         error = {"code": code, "kind": ExitCode(code).name.lower(), "file": None,
                  "message": line.removeprefix("error: "), "hint": hint, **error}
-        _print_json({"status": "error", "error": error, **(details or {})})
-    print(one_line(line), file=sys.stderr)
-    if hint:
-        print(f"hint: {one_line(hint)}", file=sys.stderr)
-    sys.stderr.flush()
+        with contextlib.suppress(MergeError):  # stdout is gone: the line on stderr is all that can be said
+            _print_json({"status": "error", "error": error, **(details or {})})
+    with contextlib.suppress(OSError, ValueError):  # stderr closed too: the exit code says it
+        print(one_line(line), file=sys.stderr)
+        if hint:
+            print(f"hint: {one_line(hint)}", file=sys.stderr)
+        sys.stderr.flush()
     raise typer.Exit(code)
 
 
+STDOUT = "<stdout>"
+
+
+def _to_stdout(write: Callable[[Any], Any], what: Any) -> None:
+    """Print a command's report; stdout closed, full or a broken pipe is exit 5 naming <stdout>.
+
+    The command's work is done by then and stays done (DESIGN.md, "Exit codes"): a merged model is
+    already in place, complete and verified; only its report was lost."""
+    try:
+        write(what)
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:  # ValueError: a closed file object
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
+        raise MergeError(ExitCode.CANNOT_WRITE, STDOUT, f"cannot write the report: {reason}",
+                         "only the report was lost: the command itself succeeded (merge: the model is in place)") from None
+
+
 def _print_json(doc: dict[str, Any]) -> None:
-    sys.stdout.write(_json_text(_strict(doc)) + "\n")
-    sys.stdout.flush()
+    _to_stdout(sys.stdout.write, _json_text(_strict(doc)) + "\n")
 
 
 def _strict(value: Any) -> Any:
@@ -578,8 +604,10 @@ def _size(n: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; usage errors become one `error:` line with exit code 2."""
     args = sys.argv[1:] if argv is None else argv
+    _reserve_standard_descriptors()
     try:
-        result = app(args=args, prog_name="merge-models", standalone_mode=False)
+        with termination_as_interrupt():
+            result = app(args=args, prog_name="merge-models", standalone_mode=False)
     except click_exceptions.UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `merge-models`: the help, as people expect
             print(e.format_message())
@@ -599,10 +627,44 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.exit_code)
     except SystemExit as e:  # shell completion (--show-completion, the completion protocol) exits itself
         return e.code if isinstance(e.code, int) else 0
-    except _ABORT:
-        print("error: interrupted", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
+    except _ABORT as e:
+        code = interrupt_code(e) or ExitCode.INTERRUPTED
+        print(f"error: {_INTERRUPTED[code]}", file=sys.stderr)
+        return int(code)
     return result if isinstance(result, int) else 0
+
+
+class _ClosedStream:
+    """sys.stdout or sys.stderr when the process was started with that descriptor closed (`>&-`)."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "the stream was closed when merge-models started")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        raise OSError(errno.EBADF, "closed")
+
+
+def _reserve_standard_descriptors() -> None:
+    """Started with fd 0, 1 or 2 closed, the first file opened would get that number: the model file
+    as fd 1 would then receive the report, or be swapped away by quiet_libraries. Each closed one
+    is pointed at /dev/null, and writing to a closed stdout is still reported."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+            if getattr(sys, name) is None or name != "stdin":
+                setattr(sys, name, _ClosedStream())
 
 
 def run() -> None:
@@ -613,7 +675,8 @@ def run() -> None:
     """
     code = main()
     # The work is done: a Ctrl-C while the process exits must not turn this exit code into a kill.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, *TERMINATING):
+        signal.signal(signum, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -17,7 +17,9 @@ class ExitCode(IntEnum):
     BAD_INPUT = 3
     INCOMPATIBLE = 4
     CANNOT_WRITE = 5
-    INTERRUPTED = 130
+    HANGUP = 129  # 128 + SIGHUP: the terminal went away
+    INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
+    TERMINATED = 143  # 128 + SIGTERM: kill, systemd, a CI timeout
     INTERNAL = 70
 
 
@@ -85,13 +87,30 @@ def usage(file: str | Path | None, message: str, hint: str | None = None) -> Mer
     return MergeError(ExitCode.USAGE, file, message, hint)
 
 
-def caused_by_interrupt(error: BaseException | None) -> bool:
-    """Whether Ctrl-C is behind an exception: in a C extension's import (pybind11's onnx and onnxruntime
-    are imported lazily) it surfaces as ImportError("initialization failed") raised from it."""
+class Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised as Ctrl-C is, so that whatever Ctrl-C cleans up is cleaned up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def interrupt_code(error: BaseException | None) -> ExitCode | None:
+    """The exit code of the interrupt behind an exception (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), else None.
+
+    In a C extension's import (pybind11's onnx and onnxruntime are imported lazily) Ctrl-C surfaces
+    as ImportError("initialization failed") raised from it."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
+        if isinstance(error, Signalled):
+            return ExitCode(128 + error.signum)
         if isinstance(error, KeyboardInterrupt):
-            return True
+            return ExitCode.INTERRUPTED
         seen.add(id(error))
         error = error.__cause__ or error.__context__
-    return False
+    return None
+
+
+def caused_by_interrupt(error: BaseException | None) -> bool:
+    """Whether Ctrl-C (or SIGTERM, SIGHUP) is behind an exception (see interrupt_code)."""
+    return interrupt_code(error) is not None

@@ -14,10 +14,38 @@ import warnings
 from collections.abc import Iterator
 from typing import IO, TextIO
 
+from .errors import Signalled
+
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)  # handled as Ctrl-C is (errors.Signalled)
+
+
+def _raise_signalled(signum: int, frame: object) -> None:
+    raise Signalled(signum)
+
+
+@contextlib.contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise errors.Signalled (a KeyboardInterrupt): a killed
+    merge removes its staging folder and says so, exit 143/129, as Ctrl-C does with 130. A signal the
+    process was started ignoring (nohup) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in TERMINATING}
+    for s, handler in previous.items():
+        if handler != signal.SIG_IGN:
+            signal.signal(s, _raise_signalled)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
 
 @contextlib.contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt.
+    """Hold Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block is done, then raise the first as
+    KeyboardInterrupt (errors.Signalled for SIGTERM and SIGHUP).
 
     For the few steps that must not be cut in half: a C extension's first import, making and removing
     temporary folders, renaming the output's files into place, putting stdout/stderr back.
@@ -26,14 +54,18 @@ def interrupts_deferred() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    held = [s for s in (signal.SIGINT, *TERMINATING) if s == signal.SIGINT or signal.getsignal(s) == _raise_signalled]
+    previous = {s: signal.getsignal(s) for s in held}
+    for s in held:
+        signal.signal(s, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        for s, handler in previous.items():
+            fallback = signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL
+            signal.signal(s, handler if handler is not None else fallback)
     if received:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt if received[0] == signal.SIGINT else Signalled(received[0])
 
 
 @contextlib.contextmanager

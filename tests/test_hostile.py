@@ -3,12 +3,16 @@ the terminal, --json is strict JSON, and killed or signalled merges leave nothin
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from bad_inputs import make_regressor, mapping_doc, save, two_regressors
+from bad_inputs import make_mlp, make_regressor, mapping_doc, save, two_regressors, write_doc
 from conftest import rows, run_model, write_mapping
+from test_interrupt import EXE, start, wait_for
 
 from merge_cli.cli import main
 from merge_cli.errors import ExitCode
@@ -72,3 +76,65 @@ def test_merge_summary_escapes_column_names(tmp_path: Path, capfd: pytest.Captur
     captured = capfd.readouterr()
     assert "\x1b" not in captured.out + captured.err
     assert "A\\x1b[2J" in captured.out
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    """A merge that takes a while with 400,000 rows: an MLP and a regressor; $TMPDIR is tmp_path/tmp."""
+    d = tmp_path / "job"
+    d.mkdir()
+    save(make_mlp(), d / "a.onnx")
+    save(make_regressor(weight=-1.0), d / "b.onnx")
+    write_doc(d / "map.toml", mapping_doc())
+    (tmp_path / "tmp").mkdir()
+    return d
+
+
+@pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGTERM, 143, "error: terminated (SIGTERM)\n"),
+                                                      (signal.SIGHUP, 129, "error: hung up (SIGHUP)\n")])
+def test_sigterm_and_sighup_are_handled_like_ctrl_c(signum: int, code: int, line: str, job: Path) -> None:
+    """A merge stopped by kill or a closed terminal: its exit code and one line, no staging folder left."""
+    tmp = job.parent / "tmp"
+    out = job / "merged.onnx"
+    out.write_bytes(b"the previous merge")
+    before = sorted(p.name for p in job.iterdir())
+    proc = start(["merge", "--map", job / "map.toml", "--out", out, "--rows", "400000", "--external-data"], tmp)
+    wait_for(lambda: any(p.name.startswith(".merged.onnx.") for p in job.iterdir()), proc, "the staging directory")
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stderr, stdout) == (code, line, "")
+    assert sorted(p.name for p in job.iterdir()) == before
+    assert out.read_bytes() == b"the previous merge"
+    assert list(tmp.iterdir()) == []
+
+
+def test_the_next_merge_removes_what_a_sigkill_left(job: Path) -> None:
+    """SIGKILL cannot be handled: the staging folder stays until the next merge to that --out."""
+    tmp = job.parent / "tmp"
+    out = job / "merged.onnx"
+    proc = start(["merge", "--map", job / "map.toml", "--out", out, "--rows", "400000", "--external-data"], tmp)
+    wait_for(lambda: any(p.name.startswith(".merged.onnx.") for p in job.iterdir()), proc, "the staging directory")
+    proc.kill()
+    proc.communicate(timeout=60)
+    left = [p.name for p in job.iterdir() if p.name.startswith(".merged.onnx.")]
+    assert left and str(proc.pid) in left[0]
+    alive = job / f".merged.onnx.{os.getpid()}.keep.tmp"  # a live process's staging folder is not touched
+    alive.mkdir()
+    assert main(["merge", "--map", str(job / "map.toml"), "--out", str(out), "--rows", "16", "--quiet"]) == 0
+    assert sorted(p.name for p in job.iterdir() if p.name.startswith(".")) == [alive.name]
+
+
+@pytest.mark.parametrize("stdout", ["closed", "/dev/full"])
+def test_json_report_that_cannot_be_written_is_exit_5_and_the_model_stays(stdout: str, tmp_path: Path) -> None:
+    """The merge is done when its report is printed: the model stays in place, the lost report is exit 5."""
+    args = two_regressors(tmp_path)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([str(EXE), *args, "--json"], capture_output=False, text=True, timeout=300,
+                              stdout=full if stdout == "/dev/full" else None, stderr=subprocess.PIPE,
+                              pass_fds=(), preexec_fn=(lambda: os.close(1)) if stdout == "closed" else None)
+    assert proc.returncode == ExitCode.CANNOT_WRITE
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("error: <stdout>: cannot write the report") and len(lines) == 2, proc.stderr
+    assert (tmp_path / "merged.onnx").exists()
+    assert run_model(tmp_path / "merged.onnx", {"features": rows(2, 4)})["prediction"].shape == (2, 1)
