@@ -24,6 +24,7 @@ import typer
 from . import __version__
 from .errors import ExitCode, MergeError, first_line, interrupt_code, one_line
 from .process import TERMINATING, interrupts_deferred, quiet_libraries, termination_as_interrupt
+from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL
 
 try:  # typer >= 0.20 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from .inspection import ModelInfo
-    from .pipeline import MergeResult
     from .recheck import RecheckResult
+    from .result import MergeResult
     from .starter import Starter
 
 app = typer.Typer(
@@ -99,15 +100,15 @@ def merge(
         "--keep-outputs", help="Also expose each model's own outputs as <model>/<output>.")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify",
                                          help="Check the written model against the parts with onnxruntime.")] = True,
-    rows: RowsOption = 256,
+    rows: RowsOption = DEFAULT_ROWS,
     data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="Real rows (CSV with a header, or .npz with X and y): verify on them too and score each model.",
         show_default=False, metavar="FILE")] = None,
     target: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="The --data column holding the true values (default: the one column that is not an input).",
         show_default=False, metavar="NAME")] = None,
-    atol: AtolOption = 1e-5,
-    rtol: RtolOption = 1e-5,
+    atol: AtolOption = DEFAULT_ATOL,
+    rtol: RtolOption = DEFAULT_RTOL,
     opset: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="Target default-domain opset (default: the highest among the models).", show_default=False)] = None,
     external_data: Annotated[bool, typer.Option("--external-data",
@@ -119,18 +120,17 @@ def merge(
     """Merge the models of a mapping file into one verified model."""
 
     def job() -> dict[str, Any]:
-        from .mapping import parse_weights
+        from .model_io import output_path
         from .pipeline import merge as run_merge
+        from .request import MergeRequest, weights_of
 
+        request = MergeRequest(
+            map_file, output_path(out), tuple(models or ()), combiner=combiner, weights=weights_of(weights, from_cli=True),
+            keep_outputs=keep_outputs, verify=verify, rows=rows, atol=atol, rtol=rtol, opset=opset,
+            external_data=external_data, data=data, target=target, from_cli=True,
+        )
         with _progress(quiet or json_output) as progress:
-            result = run_merge(
-                map_file, out, models or [],
-                combiner=combiner,
-                weights=parse_weights(weights) if weights is not None else None,
-                keep_outputs=keep_outputs, verify_output=verify, rows=rows, atol=atol, rtol=rtol,
-                opset=opset, external_data=external_data,
-                progress=progress, data=data, target=target,
-            )
+            result = run_merge(request, progress)
         if not quiet and not json_output:
             for warning in result.warnings:
                 print(f"warning: {one_line(warning)}", file=sys.stderr)
@@ -214,11 +214,11 @@ def verify(
         help="Real rows to verify on too: .csv with a header naming the columns, or .npz with X.",
         show_default=False, metavar="FILE")] = None,
     source: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-        help="Where the source of model NAME is now, if it moved (repeatable).",
-        show_default=False, metavar="NAME=PATH")] = None,
-    rows: RowsOption = 256,
-    atol: AtolOption = 1e-5,
-    rtol: RtolOption = 1e-5,
+        help="Where the source of model NAME is now, if it moved (repeatable); or a FOLDER holding the moved sources.",
+        show_default=False, metavar="NAME=PATH|FOLDER")] = None,
+    rows: RowsOption = DEFAULT_ROWS,
+    atol: AtolOption = DEFAULT_ATOL,
+    rtol: RtolOption = DEFAULT_RTOL,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     debug: DebugOption = False,
@@ -226,15 +226,16 @@ def verify(
     """Re-check a merged model against its sources.
 
     The sources are found through the provenance the merged file records (paths relative to it, sha256
-    checked); --source NAME=PATH points at a moved one.
+    checked); --source NAME=PATH points at a moved one, --source FOLDER at a folder holding them.
     """
 
     def job() -> dict[str, Any]:
         from .recheck import verify_merged
 
         with _progress(quiet or json_output) as progress:
-            result = verify_merged(merged, data=data, sources=_sources(source or []), rows=rows, atol=atol,
-                                   rtol=rtol, progress=progress)
+            moved, folder = _sources(source or [])
+            result = verify_merged(merged, data=data, sources=moved, sources_dir=folder, rows=rows, atol=atol,
+                                   rtol=rtol, progress=progress, from_cli=True)
         if not quiet and not json_output:
             _to_stdout(_print_verify, result)
         doc = result.to_dict()
@@ -248,16 +249,23 @@ def verify(
     _run(job, json_output, debug)
 
 
-def _sources(pairs: list[str]) -> dict[str, Path]:
+def _sources(values: list[str]) -> tuple[dict[str, Path], Path | None]:
+    """--source NAME=PATH (one moved model) and --source FOLDER (where moved models are, by file name)."""
     from .errors import usage
 
-    out = {}
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
+    moved, folder = {}, None
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep and Path(value).is_dir():
+            if folder is not None:
+                raise usage(None, f"--source {value}: a second folder (already {folder})", "give one folder")
+            folder = Path(value)
+            continue
         if not sep or not name or not path:
-            raise usage(None, f"--source {pair!r} is not NAME=PATH", "e.g. --source a=models/model_a.onnx")
-        out[name] = Path(path)
-    return out
+            raise usage(None, f"--source {value!r} is not NAME=PATH or a folder",
+                        "e.g. --source a=models/model_a.onnx or --source models/")
+        moved[name] = Path(path)
+    return moved, folder
 
 
 # ---------------------------------------------------------------------------- running and reporting

@@ -7,16 +7,19 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .document import read_document
 from .errors import MergeError, bad_input, incompatible, usage
 from .inputs import MergedInputs, TableInput, TensorInput, canonical_inputs, family, parse_inputs
 from .inputs import kind_of as _kind
 
+if TYPE_CHECKING:
+    from .request import MergeRequest
+
 Dtype = Literal["float32", "float64"]
 Task = Literal["classification", "regression"]
-COMBINERS = ("mean", "weighted", "sum", "max", "min", "concat", "vote", "stack", "gate", "onnx")
+COMBINER_KINDS = ("mean", "weighted", "sum", "max", "min", "concat", "vote", "stack", "gate", "onnx")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # class labels are int64 tensors
 MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
@@ -311,8 +314,8 @@ class _Validator:
 
     def combiner(self, doc: dict[str, Any], spec: MergedInputs) -> CombinerSpec:
         kind = doc.get("kind", "mean")
-        if kind not in COMBINERS:
-            raise self.error("combiner.kind", f"unknown combiner {kind!r}", f"use one of {', '.join(COMBINERS)}")
+        if kind not in COMBINER_KINDS:
+            raise self.error("combiner.kind", f"unknown combiner {kind!r}", f"use one of {', '.join(COMBINER_KINDS)}")
         self.keys(doc, COMBINER_KEYS[kind] | {"kind"}, "combiner")
         out = CombinerSpec(kind=kind)
         if "data" in doc:
@@ -352,13 +355,10 @@ class _Validator:
 # ---------------------------------------------------------------------------- overrides
 
 
-def apply_overrides(
-    mapping: FeatureMapping,
-    model_paths: list[Path],
-    combiner: str | None,
-    weights: list[float] | None,
-) -> FeatureMapping:
-    """Positional MODEL paths replace `path` in file order; --combiner and --weights replace the file's."""
+def apply_overrides(mapping: FeatureMapping, request: MergeRequest) -> FeatureMapping:
+    """The request's MODEL paths replace `path` in file order; its combiner and weights replace the file's."""
+    model_paths, combiner, weights = request.models, request.combiner, request.weights
+    option = request.option
     if len(model_paths) > len(mapping.models):
         raise usage(mapping.source, f"{len(model_paths)} MODEL arguments but the mapping names "
                     f"{len(mapping.models)} models", "give at most one MODEL path per [models.*] table")
@@ -371,49 +371,34 @@ def apply_overrides(
                             "add path = \"model.onnx\" or pass the model file as a MODEL argument")
     if weights is not None:
         if len(weights) != len(models):
-            raise usage(None, f"--weights has {len(weights)} values for {len(models)} models",
-                        "give one weight per model, in mapping order, e.g. --weights 0.7,0.3")
-        for w in weights:
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-                raise usage(None, f"--weights: {w!r} must be a finite number >= 0")
-        models = [replace(m, weight=float(w)) for m, w in zip(models, weights, strict=True)]
+            raise usage(None, f"{option('weights')} has {len(weights)} values for {len(models)} models",
+                        f"give one weight per model, in mapping order, e.g. {option('weights', '0.7,0.3')}")
+        models = [replace(m, weight=w) for m, w in zip(models, weights, strict=True)]  # MergeRequest checked them
     comb = mapping.combiner
     if combiner is not None:
-        if combiner not in COMBINERS:
-            raise usage(None, f"unknown combiner {combiner!r}", f"use one of {', '.join(COMBINERS)}")
+        if combiner not in COMBINER_KINDS:
+            raise usage(None, f"unknown combiner {combiner!r}", f"use one of {', '.join(COMBINER_KINDS)}")
         comb = replace(comb, kind=combiner)
         if combiner == "stack" and comb.data is None:
-            raise usage(mapping.source, "--combiner stack needs rows to fit on",
-                        "pass --data rows.csv (with a target column), or set data and target in [combiner]")
+            raise usage(mapping.source, f"{option('combiner', 'stack')} needs rows to fit on",
+                        f"pass {option('data', 'rows.csv')} (with a target column), or set data and target in [combiner]")
         if combiner == "stack" and comb.target is None:
-            raise usage(comb.data, "--combiner stack needs a target column in these rows", "pass --target NAME")
+            raise usage(comb.data, f"{option('combiner', 'stack')} needs a target column in these rows",
+                        f"pass {option('target', 'NAME')}")
         if combiner == "onnx" and comb.path is None:
-            raise usage(mapping.source, "--combiner onnx needs path in [combiner]")
+            raise usage(mapping.source, f"{option('combiner', 'onnx')} needs path in [combiner]")
     if comb.kind == "weighted":
         missing = [m.name for m in models if m.weight is None]
         if missing:
             raise bad_input(mapping.source, f"combiner weighted: no weight for {', '.join(missing)}",
-                            "set weight = ... in each [models.*] table or pass --weights")
+                            f"set weight = ... in each [models.*] table or pass {option('weights')}")
     if comb.kind in ("weighted", "vote", "gate") and not any(1.0 if m.weight is None else m.weight for m in models):
         message = f"combiner {comb.kind}: every weight is 0"
         if weights is not None:
-            raise usage(None, f"--weights: {message}", "give at least one model a positive weight")
+            raise usage(None, f"{option('weights')}: {message}", "give at least one model a positive weight")
         raise bad_input(mapping.source, message, "give at least one model a positive weight")
     return replace(mapping, models=tuple(models), combiner=comb)
 
-
-def parse_weights(text: str) -> list[float]:
-    """--weights 0.7,0.3 -> [0.7, 0.3]; finite and non-negative."""
-    out = []
-    for part in text.split(","):
-        try:
-            w = float(part)
-        except ValueError:
-            raise usage(None, f"--weights: {part.strip()!r} is not a number", "e.g. --weights 0.7,0.3") from None
-        if not math.isfinite(w) or w < 0:
-            raise usage(None, f"--weights: {part.strip()!r} must be finite and >= 0")
-        out.append(w)
-    return out
 
 
 # ---------------------------------------------------------------------------- canonical form

@@ -503,6 +503,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+EXTERNAL_MARGIN = 64 * 1024 * 1024  # headroom under protobuf's 2 GiB for the graph itself
+
+
+def needs_external_data(size: int) -> bool:
+    """A model of `size` bytes (skeleton, provenance and weights) is too big for one protobuf file."""
+    return size > PROTOBUF_LIMIT - EXTERNAL_MARGIN
+
+
 def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool,
                 finish: Callable[[ModelProto], None] | None = None) -> list[Path]:
     """Write model (and its data file when external) into the staging dir; return the files written.

@@ -506,7 +506,7 @@ def common_target(parts: list[Part], opset: int | None) -> Target:
     if opset is not None:
         newest = onnx.defs.onnx_opset_version()
         if not 7 <= opset <= newest:
-            raise incompatible(None, f"--opset {opset} is outside what the installed onnx converts (7..{newest})")
+            raise incompatible(None, f"opset {opset} is outside what the installed onnx converts (7..{newest})")
         versions[""] = opset
     versions.setdefault("", DEFAULT_OPSET)
     if "ai.onnx.ml" in versions:

@@ -1,21 +1,21 @@
-"""The merge, end to end: mapping -> parts -> spliced graph + combiner -> checked, verified, written."""
+"""The product on one screen: request -> mapping -> loaded -> parts -> converted -> merged graph -> written -> verified.
+
+`merge` and `verify` (recheck.py) share `build`: the same stages make the graph they check.
+"""
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from . import __version__
-from .combiners import Head, Prepared, build_combiner, reference
-from .errors import ExitCode, MergeError, bad_input, incompatible
-from .mapping import FeatureMapping, apply_overrides, canonical, canonical_json, load_mapping
+from .combiners import Head, Prepared, reference
+from .errors import ExitCode, MergeError, bad_input
+from .mapping import FeatureMapping, apply_overrides, load_mapping
 from .model_io import (
     LoadedModel,
     check_model,
@@ -23,350 +23,194 @@ from .model_io import (
     commit,
     hash_in_background,
     load_model,
-    output_path,
+    needs_external_data,
     staging_dir,
     write_model,
 )
 from .normalize import Part, Target, align_heads, check_batches, common_target, convert_part, read_part
 from .prepare import data_defaults, fit_combiner, part_rows, prepare_combiner, score_rows, verification_batches
-from .scores import ScoreTable
-from .splice import assemble, prefix_model, splice
-from .verify import (
-    DEFAULT_ATOL,
-    DEFAULT_ROWS,
-    DEFAULT_RTOL,
-    VerifyReport,
-    check_options,
-    observe_outputs,
-    random_rows,
-    rows_for_width,
-    runtime_ir_cap,
-    verify,
-)
-from .wire import PROTOBUF_LIMIT, Refs, payload_bytes
+from .provenance import provenance, provenance_bytes, set_provenance
+from .request import MergeRequest
+from .result import MergeResult, ModelReport, output_entry
+from .splice import merged_model, prefix_model
+from .verify import VerifyReport, observe_outputs, random_rows, rows_for_width, verify
+from .wire import Refs, payload_bytes
 
 if TYPE_CHECKING:
+    import numpy as np
     from onnx import ModelProto
 
+    from .data import Rows
+
 Progress = Callable[[str], None]
-EXTERNAL_MARGIN = 64 * 1024 * 1024  # headroom under protobuf's 2 GiB for the graph itself
 
 
-@dataclass
-class ModelReport:
-    name: str
-    path: str
-    columns: list[str]
-    task: str
-    head: str
-    classes: list[Any] | None
-    opset_from: int | None
-    opset_to: int
-    bytes: int
+@dataclass(frozen=True)
+class Built:
+    """The merged graph (weights still by reference, no provenance yet) and what checking it needs."""
+
+    request: MergeRequest
+    mapping: FeatureMapping
+    parts: tuple[Part, ...]  # converted, heads aligned, prefixed with `<model>/`
+    target: Target
+    model: ModelProto
+    heads: tuple[Head, ...]
+    prepared: Prepared  # the fitted stack, the user's combiner graph
+    rows: Rows | None  # the --data rows
+    warnings: tuple[str, ...]
+    loaded: tuple[LoadedModel, ...]  # every file whose weights the model refers to
+
+    @property
+    def refs(self) -> Refs:
+        return {k: v for lm in self.loaded for k, v in lm.refs.items()}
 
 
-@dataclass
-class MergeResult:
-    """What a merge produced; `to_dict()` is the `--json` document."""
+def merge(request: MergeRequest, progress: Progress | None = None) -> MergeResult:
+    """Merge the request's models into `request.out` and (unless request.verify is False) prove it with onnxruntime.
 
-    output: Path
-    files: list[Path]
-    models: list[ModelReport]
-    combiner: str
-    outputs: list[dict[str, Any]]
-    opsets: dict[str, int]
-    ir_version: int
-    verification: VerifyReport | None
-    seconds: float
-    stages: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    scores: ScoreTable | None = None  # --data rows with a target: each part and the merged model
-    stack: dict[str, Any] | None = None  # how the stack was fitted and its cross-validated scores
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "output": str(self.output),
-            "files": [{"path": str(f), "bytes": f.stat().st_size} for f in self.files],
-            "models": [vars(m) for m in self.models],
-            "combiner": self.combiner,
-            "outputs": self.outputs,
-            "opsets": self.opsets,
-            "ir_version": self.ir_version,
-            "verification": self.verification.to_dict() if self.verification else None,
-            "seconds": round(self.seconds, 4),
-            "stages": {k: round(v, 4) for k, v in self.stages.items()},
-            "warnings": self.warnings,
-            "scores": self.scores.to_dict() if self.scores else None,
-            "stack": self.stack,
-        }
-
-
-def merge(
-    mapping: str | Path,
-    out: str | Path,
-    models: Sequence[str | Path] = (),
-    *,
-    combiner: str | None = None,
-    weights: Sequence[float] | None = None,
-    keep_outputs: bool = False,
-    verify_output: bool = True,
-    rows: int = DEFAULT_ROWS,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-    opset: int | None = None,
-    external_data: bool = False,
-    progress: Progress | None = None,
-    data: str | Path | None = None,
-    target: str | None = None,
-) -> MergeResult:
-    """Merge the mapping's models into `out` and (unless verify_output=False) prove it with onnxruntime.
-
-    `data` (CSV or .npz) adds real rows to the verification and, with a `target` column (the one
-    non-input column by default), scores each part and the merged model on them.
-    Raises MergeError (with its exit code) for every user-facing problem.
+    Raises MergeError (with its exit code) for every user-facing problem; nothing is written then.
     """
-    start = time.perf_counter()
-    stages: dict[str, float] = {}
-    step = Stopwatch(stages, progress)
-    out = output_path(out)
-    check_options(rows, atol, rtol)
-
+    start, step = time.perf_counter(), Stopwatch(progress)
+    out = request.out
     with step("read mapping"):
-        spec = apply_overrides(data_defaults(load_mapping(Path(mapping)), data, target), [Path(m) for m in models],
-                               combiner, list(weights) if weights is not None else None)
-        check_output_path(out, input_files(spec) + ([Path(data)] if data is not None else []))
-    hashes = hash_in_background([m.path for m in spec.models])  # read by set_provenance, after the copy
-    with step("load"):
-        loaded = [load_model(m.path) for m in spec.models]
-        check_output_path(out, input_files(spec) + [f for m in loaded for f in m.data_files])
-        parts = read_parts(spec, loaded, strict=verify_output)
-        _, warnings = check_batches(parts, spec.source)
-        if verify_output and rows_for_width(rows, len(spec.input.columns)) < rows:
-            warnings.append(f"verifying on {rows_for_width(rows, len(spec.input.columns))} random rows, not {rows}: "
-                            f"{len(spec.input.columns)} columns are too wide for more in memory")
-        prepared, rows_data = prepare_combiner(spec, Path(data) if data is not None else None, target)
-    with step("convert"):
-        common = convert_parts(parts, opset, spec, prepared)
-    if spec.combiner.kind == "stack":
-        with step("fit"):
-            prepared = fit_combiner(spec, parts, prepared, rows_data)
-    with step("splice"):
-        model, heads = build_model(parts, spec, common, keep_outputs, prepared)
-        refs: Refs = {k: v for lm in loaded + prepared.sources() for k, v in lm.refs.items()}
-        check_model(model, refs, out, full=True)
-    size = model.ByteSize() + provenance_bytes(spec, parts, out) + payload_bytes(model, refs)
-    external = external_data or size > PROTOBUF_LIMIT - EXTERNAL_MARGIN
-    report = None
+        mapping = read_mapping(request)
+        check_output_path(out, input_files(mapping, request))
+    hashes = hash_in_background([m.path for m in mapping.models])  # read once the weights are copied
+    built = build(request, mapping, step)
+    check_output_path(out, input_files(mapping, request) + [f for lm in built.loaded for f in lm.data_files])
+    check_model(built.model, built.refs, out, full=True)
+    size = built.model.ByteSize() + provenance_bytes(mapping, built.parts, out) + payload_bytes(built.model, built.refs)
+    external = request.external_data or needs_external_data(size)
+    report = scores = None
     with staging_dir(out) as tmp:
-        with step("write"):
-            # provenance (sha256 of the sources, hashed meanwhile) goes in once the weights are copied
-            files = write_model(model, refs, tmp / out.name, external,
-                                finish=lambda m: set_provenance(m, spec, parts, out, hashes))
-        if verify_output:
+        with step("write"):  # provenance (the sources' sha256, hashed meanwhile) goes in once the weights are copied
+            digest = functools.partial(_digest, hashes)
+            files = write_model(built.model, built.refs, tmp / out.name, external,
+                                finish=lambda m: set_provenance(m, provenance(mapping, built.parts, out, digest)))
+        if request.verify:
             with step("verify"):
-                real = rows_data.features.astype(spec.input.dtype) if rows_data is not None else None
-                try:
-                    report = verify_parts(files[0], parts, spec, heads, keep_outputs, rows, atol, rtol, real, prepared)
-                except MergeError as e:  # name the output as the user gave it, not the staged copy
-                    e.file = str(out) if e.code == ExitCode.VERIFY_FAILED else e.file
-                    raise
-            if not report.passed:
-                error = MergeError(ExitCode.VERIFY_FAILED, out, report.failure(),
-                                   "nothing was written; raise --atol/--rtol if the difference is acceptable")
-                error.details = {"verification": report.to_dict()}
-                raise error
-        scores = None
-        if rows_data is not None and rows_data.target is not None:
+                report = verify_written(files[0], built)
+        if built.rows is not None and built.rows.target is not None:
             with step("score"):
-                scores = score_rows(files[0], parts, heads, spec, rows_data)
+                scores = score_rows(files[0], list(built.parts), list(built.heads), mapping, built.rows)
         placed = commit(files, out)
+    stack = built.prepared.stack
     return MergeResult(
-        output=out,
-        files=placed,
-        models=[model_report(p, spec, common) for p in parts],
-        combiner=spec.combiner.kind,
-        outputs=[_output_entry(o) for o in model.graph.output],
-        opsets=common.opsets,
-        ir_version=common.ir_version,
-        verification=report,
-        seconds=time.perf_counter() - start,
-        stages=stages,
-        warnings=warnings,
-        scores=scores,
-        stack=prepared.stack.to_dict(spec.input.columns) if prepared.stack else None,
+        output=out, files=placed, combiner=mapping.combiner.kind,
+        models=[ModelReport.of(p, mapping.input.columns, built.target) for p in built.parts],
+        outputs=[output_entry(o) for o in built.model.graph.output],
+        opsets=built.target.opsets, ir_version=built.target.ir_version, verification=report,
+        seconds=time.perf_counter() - start, stages=step.stages, warnings=list(built.warnings), scores=scores,
+        stack=stack.to_dict(mapping.input.columns) if stack else None,
     )
 
 
-def input_files(spec: FeatureMapping) -> list[Path]:
-    files = [spec.source, *(m.path for m in spec.models)]
-    files += [p for p in (spec.combiner.data, spec.combiner.path) if p is not None]
-    return files
+def read_mapping(request: MergeRequest) -> FeatureMapping:
+    """The mapping file with the request's MODEL paths, combiner, weights and --data applied.
 
-
-def read_parts(spec: FeatureMapping, loaded: list[LoadedModel], strict: bool = True) -> list[Part]:
-    """Each loaded model as a part: its inputs, outputs, head and classes (see normalize.read_part).
-
-    Each original file is run once in onnxruntime to see its real output shapes; `strict`: a file
-    onnxruntime cannot run is an error now rather than at verification.
+    `verify`'s request carries the resolved mapping the merged file records: it is used as it is.
     """
-    observe = functools.partial(observe_outputs, strict=strict)
-    return [read_part(m, lm, observe) for m, lm in zip(spec.models, loaded, strict=True)]
+    if isinstance(request.mapping, FeatureMapping):
+        return request.mapping
+    return apply_overrides(data_defaults(load_mapping(request.mapping), request.data, request.target), request)
 
 
-def convert_parts(parts: list[Part], opset: int | None, spec: FeatureMapping,
-                  prepared: Prepared | None = None) -> Target:
+def build(request: MergeRequest, mapping: FeatureMapping, step: Stopwatch | None = None) -> Built:
+    """Load, read, convert and splice the parts and append the combiner: the merged graph, not yet written."""
+    step = step or Stopwatch(None)
+    with step("load"):
+        loaded = [load_model(m.path) for m in mapping.models]
+        observe = functools.partial(observe_outputs, strict=request.verify)
+        parts = [read_part(m, lm, observe) for m, lm in zip(mapping.models, loaded, strict=True)]
+        _, warnings = check_batches(parts, mapping.source)
+        width = len(mapping.input.columns)
+        if request.verify and rows_for_width(request.rows, width) < request.rows:
+            warnings.append(f"verifying on {rows_for_width(request.rows, width)} random rows, not {request.rows}: "
+                            f"{width} columns are too wide for more in memory")
+        prepared, rows = prepare_combiner(mapping, request.data, request.target)
+    with step("convert"):
+        target = convert_parts(parts, request.opset, mapping, prepared)
+    if mapping.combiner.kind == "stack":
+        with step("fit"):
+            prepared = fit_combiner(mapping, parts, prepared, rows)
+    with step("splice"):
+        model, heads = merged_model(parts, mapping, target, request.keep_outputs, prepared)
+    return Built(request, mapping, tuple(parts), target, model, tuple(heads), prepared, rows, tuple(warnings),
+                 (*loaded, *prepared.sources()))
+
+
+def verify_written(merged: Path, built: Built) -> VerifyReport:
+    """The Verified stage: the written file against the original files plus the combiner, in onnxruntime."""
+    report = verify_built(merged, built)
+    if not report.passed:
+        error = MergeError(ExitCode.VERIFY_FAILED, built.request.out, report.failure(),
+                           "nothing was written; raise --atol/--rtol if the difference is acceptable")
+        error.details = {"verification": report.to_dict()}
+        raise error
+    return report
+
+
+def verify_built(merged: Path, built: Built) -> VerifyReport:
+    """Verify `merged` on the request's seeded random rows (and the --data rows) against the parts + combiner.
+
+    A failure to run the merged file names it as the request gave it (`out`), not a staged copy.
+    """
+    request, mapping, parts = built.request, built.mapping, list(built.parts)
+
+    def expected_of(outputs: list[dict[str, np.ndarray]], batch: np.ndarray) -> dict[str, np.ndarray]:
+        arrays = [o[p.head.name] for p, o in zip(parts, outputs, strict=True)]
+        expected = reference(mapping.combiner, list(built.heads), arrays, batch, built.prepared)
+        if request.keep_outputs:
+            for part, values in zip(parts, outputs, strict=True):
+                expected.update({f"{part.name}/{name}": value for name, value in values.items()})
+        return expected
+
+    real = built.rows.features.astype(mapping.input.dtype) if built.rows is not None else None
+    random = random_rows(request.rows, len(mapping.input.columns), mapping.input.dtype)
+    batches = verification_batches(mapping, list(built.heads), random, real)
+    try:
+        return verify(merged, parts, expected_of, batches, request.atol, request.rtol, part_rows(mapping))
+    except MergeError as e:
+        e.file = str(request.out) if e.code == ExitCode.VERIFY_FAILED else e.file
+        raise
+
+
+def convert_parts(parts: list[Part], opset: int | None, mapping: FeatureMapping, prepared: Prepared) -> Target:
     """Convert every part to the common opset and IR version, align the heads the combiner reads
     (class order, [N, 2] for binary, [N, 1] for regressors), then prefix its names with `<model>/`.
     A user's combiner graph (kind = "onnx") is converted and prefixed the same way."""
-    extra = prepared.parts() if prepared else []
+    from .verify import runtime_ir_cap  # looked up per call: tests lower the cap
+
+    extra = prepared.parts()
     wanted = common_target(parts + extra, opset)
     target = replace(wanted, ir_version=min(wanted.ir_version, runtime_ir_cap(wanted.ir_version)))
     for part in parts + extra:
         convert_part(part, target)
-    align_heads(parts, spec.combiner.kind, target.opsets[""], spec.source)
+    align_heads(parts, mapping.combiner.kind, target.opsets[""], mapping.source)
     for part in parts + extra:
         prefix_model(part.model, f"{part.name}/")
     return target
 
 
-def build_model(parts: list[Part], spec: FeatureMapping, target: Target, keep_outputs: bool,
-                prepared: Prepared | None = None) -> tuple[ModelProto, list[Head]]:
-    """The merged ModelProto (weights still by reference, provenance not yet set) and its combiner's heads."""
-    from onnx import helper
-
-    spliced = splice(parts, spec)
-    heads = [Head.of(p) for p in parts]
-    combined = build_combiner(spec, heads, spliced.fresh, target.opsets[""], prepared)
-    if combined.routes_read:  # gate: the parts read the input with NaN filled in
-        for node in spliced.nodes:
-            node.input[:] = [combined.routes_read if x == spec.input.name else x for x in node.input]
-    spliced.value_info.extend(combined.value_info)
-    spliced.sparse_initializers.extend(combined.sparse_initializers)
-    spliced.functions.extend(combined.functions)
-    outputs = list(combined.outputs)
-    if keep_outputs:
-        for part in parts:
-            tensors = {f"{part.name}/{o.name}" for o in part.outputs}
-            outputs.extend(o for o in part.model.graph.output if o.name in tensors)
-    graph = assemble(spliced, combined.nodes, combined.initializers, outputs, "merged")
-    model = helper.make_model(
-        graph,
-        ir_version=target.ir_version,
-        opset_imports=[helper.make_opsetid(d, v) for d, v in target.opsets.items()],
-        producer_name="merge-models",
-        producer_version=__version__,
-        doc_string=f"{spec.combiner.kind} of {', '.join(p.name for p in parts)}, merged by merge-models",
-    )
-    model.functions.extend(spliced.functions)
-    _used_function_domains(model, target)
-    return model, heads
+def input_files(mapping: FeatureMapping, request: MergeRequest) -> list[Path]:
+    """Every file the merge reads: the output must not overwrite any of them."""
+    files = [mapping.source, *(m.path for m in mapping.models)]
+    files += [p for p in (mapping.combiner.data, mapping.combiner.path, request.data) if p is not None]
+    return files
 
 
-def _used_function_domains(model: ModelProto, target: Target) -> None:
-    """Local functions' domains need an opset_import entry too (one per domain)."""
-    known = {e.domain for e in model.opset_import}
-    for function in model.functions:
-        if function.domain not in known:
-            model.opset_import.add(domain=function.domain, version=1)
-            known.add(function.domain)
-
-
-def set_provenance(model: ModelProto, spec: FeatureMapping, parts: list[Part], out: Path,
-                   hashes: dict[Path, Future[str]]) -> None:
-    from onnx import helper
-
-    helper.set_model_props(model, provenance(spec, parts, out, lambda path: _digest(hashes[path], path)))
-
-
-def provenance_bytes(spec: FeatureMapping, parts: list[Part], out: Path) -> int:
-    """The provenance's serialized size before the hashes are known (a sha256 is always 64 hex digits)."""
-    from onnx import ModelProto, helper
-
-    model = ModelProto()
-    helper.set_model_props(model, provenance(spec, parts, out, lambda path: "0" * 64))
-    return model.ByteSize()
-
-
-def provenance(spec: FeatureMapping, parts: list[Part], out: Path, digest: Callable[[Path], str]) -> dict[str, str]:
-    """Tool version, the resolved mapping and each source's sha256, for `verify` and for people."""
-    mapping = canonical(spec, out.parent)
-    sources = []
-    for part in parts:
-        lm: LoadedModel = part.source
-        sources.append({
-            "model": part.name,
-            "file": mapping["models"][part.name]["path"],
-            "sha256": digest(lm.path),
-            "bytes": lm.path.stat().st_size,
-        })
-    props = {
-        "merge_models.version": __version__,
-        "merge_models.mapping": canonical_json(mapping),
-        "merge_models.sources": canonical_json(sources),
-    }
-    for part in parts:
-        for p in part.model.metadata_props:
-            props[f"{part.name}/{p.key}"] = p.value
-    return dict(sorted(props.items()))
-
-
-def _digest(future: Future[str], path: Path) -> str:
+def _digest(hashes: dict[Path, Future[str]], path: Path) -> str:
     try:
-        return future.result()
+        return hashes[path].result()
     except OSError as e:
         raise bad_input(path, f"cannot read: {e.strerror or e}") from None
 
 
-def verify_parts(merged: Path, parts: list[Part], spec: FeatureMapping, heads: list[Head], keep_outputs: bool,
-                 rows: int, atol: float, rtol: float, data: np.ndarray | None = None,
-                 prepared: Prepared | None = None) -> VerifyReport:
-    """Verify `merged` on `rows` seeded random rows (and the given real rows) against the parts + combiner."""
-
-    def expected_of(outputs: list[dict[str, np.ndarray]], batch: np.ndarray) -> dict[str, np.ndarray]:
-        arrays = [o[p.head.name] for p, o in zip(parts, outputs, strict=True)]
-        expected = reference(spec.combiner, heads, arrays, batch, prepared)
-        if keep_outputs:
-            for part, values in zip(parts, outputs, strict=True):
-                for name, value in values.items():
-                    expected[f"{part.name}/{name}"] = value
-        return expected
-
-    batches = verification_batches(spec, heads, random_rows(rows, len(spec.input.columns), spec.input.dtype), data)
-    return verify(merged, parts, expected_of, batches, atol, rtol, part_rows(spec))
-
-
-def model_report(part: Part, spec: FeatureMapping, target: Target) -> ModelReport:
-    return ModelReport(
-        name=part.name,
-        path=str(part.source.path),
-        columns=[spec.input.columns[c] for c in part.spec.columns],
-        task=part.task,
-        head=part.head_output,
-        classes=list(part.classes) if part.classes is not None else None,
-        opset_from=part.opset_from,
-        opset_to=target.opsets[""],
-        bytes=part.source.size,
-    )
-
-
-def _output_entry(vi: Any) -> dict[str, Any]:
-    from onnx import TensorProto
-
-    from .normalize import tensor_info
-
-    info = tensor_info(vi)
-    if info is None:
-        return {"name": vi.name, "type": "non-tensor", "shape": None}
-    shape = None if info.shape is None else [d if isinstance(d, int) else (d or "?") for d in info.shape]
-    return {"name": info.name, "type": TensorProto.DataType.Name(info.elem_type).lower(), "shape": shape}
-
-
 class Stopwatch:
-    """Times named stages and tells the progress callback when each starts."""
+    """Times named stages (`stages`) and tells the progress callback when each starts."""
 
-    def __init__(self, stages: dict[str, float], progress: Progress | None) -> None:
-        self.stages = stages
+    def __init__(self, progress: Progress | None) -> None:
+        self.stages: dict[str, float] = {}
         self.progress = progress
         self.name = ""
 
@@ -381,6 +225,3 @@ class Stopwatch:
 
     def __exit__(self, *exc: object) -> None:
         self.stages[self.name] = time.perf_counter() - self.started
-
-
-__all__ = ["MergeResult", "merge", "incompatible"]

@@ -10,7 +10,7 @@ import numpy as np
 
 from .combiners import Head, Prepared, gate_rows, read_user_graph, stack_task
 from .data import Rows, read_data, resolve_target
-from .errors import bad_input, usage
+from .errors import bad_input
 from .mapping import FeatureMapping
 from .normalize import Part
 from .scores import Predictions, ScoreTable, class_indices, score_table
@@ -20,9 +20,7 @@ from .stacking import StackModel, fit_stack
 def data_defaults(mapping: FeatureMapping, data: str | Path | None, target: str | None) -> FeatureMapping:
     """--data and its target (--target, else resolved from the file's columns) stand in for [combiner]
     data/target where the file gives none (e.g. for --combiner stack)."""
-    if data is None:
-        if target is not None:
-            raise usage(None, "--target names a column of --data; give --data too")
+    if data is None:  # MergeRequest refuses a target without data
         return mapping
     resolved = resolve_target(Path(data), [mapping.input], target)
     comb = mapping.combiner

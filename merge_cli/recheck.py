@@ -1,14 +1,12 @@
 """Re-verify a merged file against its sources, found through its provenance: the `verify` command.
 
-The merged file records the resolved mapping (`merge_models.mapping`, canonical JSON with paths
-relative to the merged file's folder) and each source's file and sha256 (`merge_models.sources`).
-The parts and the combiner are rebuilt from those exactly as `merge` builds them, and the merged
-file on disk is checked with the same verification `merge` runs before it writes.
+The request is rebuilt from what the merged file records (provenance.py); `pipeline.build` makes the
+graph exactly as `merge` does, and the merged file on disk is checked with the same verification
+`merge` runs before it writes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -18,16 +16,13 @@ from typing import Any
 
 from . import __version__
 from .errors import ExitCode, MergeError, bad_input, usage
-from .mapping import FeatureMapping, parse_mapping
+from .mapping import FeatureMapping
 from .model_io import load_model, sha256_file
 from .normalize import default_opset
-from .pipeline import Stopwatch, build_model, convert_parts, read_parts, verify_parts
-from .prepare import fit_combiner, prepare_combiner
-from .verify import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, VerifyReport, check_options
-
-MAPPING_KEY = "merge_models.mapping"
-SOURCES_KEY = "merge_models.sources"
-VERSION_KEY = "merge_models.version"
+from .pipeline import Stopwatch, build, verify_built
+from .provenance import VERSION_KEY, recorded_mapping, recorded_sources
+from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, MergeRequest
+from .verify import VerifyReport
 
 
 @dataclass(frozen=True)
@@ -40,14 +35,14 @@ class Source:
     sha256: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecheckResult:
     """What `verify` found; `to_dict()` is its --json document (status "error" when outputs differ)."""
 
     merged: Path
     made_by: str | None  # the merge-models version that wrote the file
     mapping: FeatureMapping
-    sources: list[Source]
+    sources: list[Source]  # in mapping order
     outputs: list[str]
     data: Path | None
     data_rows: int
@@ -79,115 +74,97 @@ def verify_merged(
     *,
     data: Path | None = None,
     sources: Mapping[str, Path] | None = None,
+    sources_dir: Path | None = None,
     rows: int = DEFAULT_ROWS,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     progress: Callable[[str], None] | None = None,
+    from_cli: bool = False,
 ) -> RecheckResult:
     """Rebuild the parts and combiner of `merged` from its provenance and verify the file against them.
 
-    `sources` maps model names to files that replace the recorded ones (moved sources). A missing or
-    changed source is a MergeError (exit 3); outputs that differ give a result whose `passed` is False.
+    `sources` maps model names to files that replace the recorded ones (moved sources); `sources_dir` is a
+    folder where moved sources are looked up by their recorded file name. A missing or changed source is a
+    MergeError (exit 3) naming every such source; outputs that differ give a result whose `passed` is False.
     """
-    start = time.perf_counter()
-    step = Stopwatch({}, progress)
-    check_options(rows, atol, rtol)
+    start, step = time.perf_counter(), Stopwatch(progress)
+    MergeRequest(Path(), rows=rows, atol=atol, rtol=rtol, from_cli=from_cli)  # the options' checks, before any work
     with step("read provenance"):
-        loaded = load_model(merged)
-        props = {p.key: p.value for p in loaded.proto.metadata_props}
-        spec = mapping_from_provenance(props, merged)
-        found = find_sources(props, spec, merged, dict(sources or {}))
-        spec = replace(spec, models=tuple(replace(m, path=s.path) for m, s in zip(spec.models, found, strict=True)))
-        merged_outputs = [o.name for o in loaded.proto.graph.output]
-        opset = default_opset(loaded.proto)
-    with step("load"):
-        parts = read_parts(spec, [load_model(m.path) for m in spec.models])
-        real_rows = None
-        if data is not None:
-            from .data import read_data
-
-            real_rows = read_data(data, [spec.input]).features.astype(spec.input.dtype)
-    with step("convert"):
-        prepared, _ = prepare_combiner(spec, None, None)  # the user's combiner graph
-        target = convert_parts(parts, opset, spec, prepared)
-        prepared = fit_combiner(spec, parts, prepared, None)  # the stack, refitted on its recorded data
-    with step("splice"):
-        keep_outputs = any(o.startswith(f"{p.name}/") for o in merged_outputs for p in parts)
-        model, heads = build_model(parts, spec, target, keep_outputs, prepared)
-        expected_outputs = [o.name for o in model.graph.output]
+        proto = load_model(merged).proto
+        props = {p.key: p.value for p in proto.metadata_props}
+        mapping = recorded_mapping(props, merged)
+        found = find_sources(props, mapping, merged, dict(sources or {}), sources_dir, from_cli)
+        mapping = replace(mapping, models=tuple(replace(m, path=s.path) for m, s in zip(mapping.models, found,
+                                                                                        strict=True)))
+        merged_outputs = [o.name for o in proto.graph.output]
+        keep_outputs = any(o.startswith(f"{m.name}/") for o in merged_outputs for m in mapping.models)
+    request = MergeRequest(mapping, merged, keep_outputs=keep_outputs, rows=rows, atol=atol, rtol=rtol,
+                           opset=default_opset(proto), data=data, from_cli=from_cli)
+    built = build(request, mapping, step)
+    expected_outputs = [o.name for o in built.model.graph.output]
     if merged_outputs != expected_outputs:
         raise MergeError(ExitCode.VERIFY_FAILED, merged,
                          f"its outputs are {', '.join(merged_outputs)} but its sources and mapping give "
                          f"{', '.join(expected_outputs)}", "re-run `merge-models merge` to rebuild it")
     with step("verify"):
-        report = verify_parts(merged, parts, spec, heads, keep_outputs, rows, atol, rtol, real_rows, prepared)
-    return RecheckResult(merged, props.get(VERSION_KEY), spec, found, merged_outputs, data,
-                         0 if real_rows is None else len(real_rows), report, time.perf_counter() - start)
+        report = verify_built(merged, built)
+    return RecheckResult(merged, props.get(VERSION_KEY), mapping, found, merged_outputs, data,
+                         0 if built.rows is None else len(built.rows.features), report, time.perf_counter() - start)
 
 
-def mapping_from_provenance(props: dict[str, str], merged: Path) -> FeatureMapping:
-    """The resolved mapping recorded in the merged file, validated like a mapping file."""
-    text = props.get(MAPPING_KEY)
-    if text is None:
-        raise bad_input(merged, f"has no merge-models provenance (no {MAPPING_KEY} in its metadata)",
-                        "verify checks files written by `merge-models merge`")
-    try:
-        canonical = json.loads(text)
-        doc = mapping_document(canonical)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise bad_input(merged, f"its {MAPPING_KEY} metadata is not a mapping merge-models wrote: {e}") from None
-    return parse_mapping(doc, merged.resolve())  # paths are relative to the merged file's real folder
+def find_sources(props: dict[str, str], mapping: FeatureMapping, merged: Path, moved: dict[str, Path],
+                 folder: Path | None = None, from_cli: bool = True) -> list[Source]:
+    """Each model's source file (recorded, moved, or found by name in `folder`), checked against its sha256.
 
-
-def mapping_document(canonical: dict[str, Any]) -> dict[str, Any]:
-    """A canonical mapping (mapping.canonical) back in the mapping-file schema."""
-    models = {}
-    for name, entry in canonical["models"].items():
-        model = {k: v for k, v in entry.items() if k != "inputs"}
-        routes = entry["inputs"]
-        if len(routes) == 1 and routes[0]["input"] is None:
-            model["columns"] = routes[0]["columns"]
-        else:
-            model["inputs"] = {r["input"]: r["columns"] for r in routes}
-        models[name] = model
-    combiner = {k: v for k, v in canonical["combiner"].items() if v is not None}
-    return {"version": canonical["version"], "input": canonical["input"], "models": models, "combiner": combiner}
-
-
-def find_sources(props: dict[str, str], spec: FeatureMapping, merged: Path, moved: dict[str, Path]) -> list[Source]:
-    """Each model's source file (recorded, or moved with --source NAME=PATH), checked against its sha256."""
-    try:
-        recorded = {s["model"]: s for s in json.loads(props.get(SOURCES_KEY, "[]"))}
-    except (ValueError, KeyError, TypeError) as e:
-        raise bad_input(merged, f"its {SOURCES_KEY} metadata is not what merge-models writes: {e}") from None
-    names = [m.name for m in spec.models]
+    Every missing or changed source is named in one error, so one run tells the user all that moved.
+    """
+    recorded = {s["model"]: s for s in recorded_sources(props, merged)}
+    names = [m.name for m in mapping.models]
+    flag = "--source" if from_cli else "sources="
     unknown = sorted(set(moved) - set(names))
     if unknown:
-        raise usage(None, f"--source {unknown[0]}=...: {merged.name} has no model {unknown[0]!r}",
+        raise usage(None, f"{flag} {unknown[0]}=...: {merged.name} has no model {unknown[0]!r}",
                     f"its models are: {', '.join(names)}")
-    found = []
-    for m in spec.models:
+    if folder is not None and not folder.is_dir():
+        raise bad_input(folder, "is not a folder of source models")
+    found: list[Source] = []
+    problems: list[tuple[Path, str, str]] = []  # (file, what is wrong, model)
+    for m in mapping.models:
         entry = recorded.get(m.name)
         if entry is None:
             raise bad_input(merged, f"its provenance records no source file for model {m.name!r}")
-        if m.name in moved:
-            path = moved[m.name]
-            where = f"given as --source {m.name}={path}"
-        else:  # recorded relative to the merged file's real folder (mapping.canonical resolves both)
-            path = _shown(Path(os.path.normpath(merged.resolve().parent / entry["file"])))
-            where = f"recorded as {entry['file']!r}, relative to {merged.name}"
+        path, where = _source_path(m.name, entry["file"], merged, moved, folder, flag)
         if not path.is_file():
-            raise bad_input(path, f"source of model {m.name!r} not found ({where})",
-                            f"pass --source {m.name}=PATH to point at the file the model was merged from")
+            problems.append((path, f"source of model {m.name!r} not found ({where})", m.name))
+            continue
         digest = sha256_file(path)
         if digest != entry["sha256"]:
-            problem = (f"is not the file model {m.name!r} was merged from" if m.name in moved
+            changed = (f"is not the file model {m.name!r} was merged from" if m.name in moved
                        else f"source of model {m.name!r} has changed since the merge")
-            raise bad_input(path, f"{problem} (sha256 {digest[:12]}..., {merged.name} was built from "
-                            f"{entry['sha256'][:12]}...)", f"pass --source {m.name}=PATH to the original file, "
-                            "or merge again")
+            problems.append((path, f"{changed} (sha256 {digest[:12]}..., {merged.name} was built from "
+                                   f"{entry['sha256'][:12]}...)", m.name))
+            continue
         found.append(Source(m.name, path, entry["file"], digest))
+    if problems:
+        first, message, name = problems[0]
+        also = "".join(f"; also {path}: {text}" for path, text, _ in problems[1:])
+        point = f"{flag} {name}=PATH" if from_cli else f"{flag}{{{name!r}: PATH}}"
+        folder_option = "--source FOLDER" if from_cli else "sources_dir=FOLDER"
+        raise bad_input(first, message + also, f"pass {point} (one per moved model) or {folder_option} where the "
+                        "original files are, or merge again")
     return found
+
+
+def _source_path(name: str, recorded: str, merged: Path, moved: dict[str, Path], folder: Path | None,
+                 flag: str) -> tuple[Path, str]:
+    """Where model `name`'s source should be, and how that was decided (for the error if it is not there)."""
+    if name in moved:
+        return moved[name], f"given as {flag} {name}={moved[name]}"
+    if folder is not None:
+        return folder / Path(recorded).name, f"looked up by its recorded name {Path(recorded).name!r} in {folder}"
+    # recorded relative to the merged file's real folder (mapping.canonical resolves both)
+    path = _shown(Path(os.path.normpath(merged.resolve().parent / recorded)))
+    return path, f"recorded as {recorded!r}, relative to {merged.name}"
 
 
 def _shown(path: Path) -> Path:

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import __version__
+from .combiners import Head, Prepared, build_combiner
 from .errors import incompatible
 from .mapping import FeatureMapping
 from .naming import unique_name
-from .normalize import DOUBLE, FLOAT, Part, TensorInfo, graph_names, subgraphs
+from .normalize import DOUBLE, FLOAT, Part, Target, TensorInfo, graph_names, subgraphs
 
 if TYPE_CHECKING:
     from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
@@ -284,3 +286,48 @@ def assemble(spliced: Spliced, extra_nodes: list[NodeProto], extra_initializers:
                               value_info=spliced.value_info)
     graph.sparse_initializer.extend(spliced.sparse_initializers)  # type: ignore[arg-type]
     return graph
+
+
+# ---------------------------------------------------------------------------- the merged model
+
+
+def merged_model(parts: list[Part], mapping: FeatureMapping, target: Target, keep_outputs: bool,
+                 prepared: Prepared) -> tuple[ModelProto, list[Head]]:
+    """The merged ModelProto (weights still by reference, provenance not yet set) and its combiner's heads."""
+    from onnx import helper
+
+    spliced = splice(parts, mapping)
+    heads = [Head.of(p) for p in parts]
+    combined = build_combiner(mapping, heads, spliced.fresh, target.opsets[""], prepared)
+    if combined.routes_read:  # gate: the parts read the input with NaN filled in
+        for node in spliced.nodes:
+            node.input[:] = [combined.routes_read if x == mapping.input.name else x for x in node.input]
+    spliced.value_info.extend(combined.value_info)
+    spliced.sparse_initializers.extend(combined.sparse_initializers)
+    spliced.functions.extend(combined.functions)
+    outputs = list(combined.outputs)
+    if keep_outputs:
+        for part in parts:
+            tensors = {f"{part.name}/{o.name}" for o in part.outputs}
+            outputs.extend(o for o in part.model.graph.output if o.name in tensors)
+    graph = assemble(spliced, combined.nodes, combined.initializers, outputs, "merged")
+    model = helper.make_model(
+        graph,
+        ir_version=target.ir_version,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in target.opsets.items()],
+        producer_name="merge-models",
+        producer_version=__version__,
+        doc_string=f"{mapping.combiner.kind} of {', '.join(p.name for p in parts)}, merged by merge-models",
+    )
+    model.functions.extend(spliced.functions)
+    _declare_function_domains(model)
+    return model, heads
+
+
+def _declare_function_domains(model: ModelProto) -> None:
+    """Local functions' domains need an opset_import entry too (one per domain)."""
+    known = {e.domain for e in model.opset_import}
+    for function in model.functions:
+        if function.domain not in known:
+            model.opset_import.add(domain=function.domain, version=1)
+            known.add(function.domain)

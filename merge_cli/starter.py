@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import bad_input, cannot_write, incompatible
 from .inspection import ModelInfo, describe, input_width, model_name
-from .mapping import COMBINERS, parse_mapping
+from .mapping import COMBINER_KINDS, parse_mapping
 from .model_io import check_output_path, make_folders
 from .naming import unique_name
 from .normalize import DOUBLE, SCORE_TYPES
@@ -274,7 +274,7 @@ def render(starter: Starter) -> str:
             lines += [f"{_key(str(inp))} = {_list(cols)}" for inp, cols in m.routes]
     lines += ["", "[combiner]"]
     lines += _notes(starter.notes)
-    lines += [f"# {' | '.join(COMBINERS)} (see the README)", f'kind = "{starter.combiner}"']
+    lines += [f"# {' | '.join(COMBINER_KINDS)} (see the README)", f'kind = "{starter.combiner}"']
     return "\n".join(lines) + "\n"
 
 

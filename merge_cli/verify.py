@@ -6,7 +6,6 @@ This is the only module that imports onnxruntime.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 from collections.abc import Callable
@@ -31,22 +30,7 @@ if TYPE_CHECKING:
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 ONNX_OF = {"f4": 1, "f8": 11, "f2": 10, "i4": 6, "i8": 7, "b1": 9, "O8": 8}  # numpy kind + itemsize -> onnx type
-DEFAULT_ROWS = 256
-DEFAULT_ATOL = 1e-5
-DEFAULT_RTOL = 1e-5
-MAX_ROWS = 1_000_000  # random rows: a few seconds per million for small parts; more is a typo, not a check
 MAX_CELLS = 1 << 24  # random rows x input columns held at once: 64 MiB of float32, whatever the width
-
-
-def check_options(rows: int, atol: float, rtol: float) -> None:
-    """--rows, --atol and --rtol as verification can use them: a NaN or negative tolerance fails
-    everything with a message that contradicts itself, an infinite one passes everything."""
-    if not 1 <= rows <= MAX_ROWS:
-        raise MergeError(ExitCode.USAGE, None, f"--rows must be between 1 and {MAX_ROWS}, not {rows}")
-    for option, value in (("--atol", atol), ("--rtol", rtol)):
-        if not math.isfinite(value) or value < 0:
-            raise MergeError(ExitCode.USAGE, None, f"{option} must be a finite number >= 0, not {value}",
-                             "e.g. --atol 1e-4 --rtol 1e-4")
 
 
 def rows_for_width(rows: int, width: int) -> int:

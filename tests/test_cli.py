@@ -122,12 +122,12 @@ def test_exit_5_output_cannot_be_written(cli, job: Path, where: str) -> None:
 
 
 def test_exit_70_internal_error_is_one_line_unless_debug(cli, job: Path, monkeypatch) -> None:
-    import merge_cli.pipeline as pipeline
+    import merge_cli.splice as splice
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(pipeline, "splice", broken)
+    monkeypatch.setattr(splice, "route", broken)
     result = cli("merge", "--map", job / "map.toml", "--out", job / "merged.onnx")
     assert result.code == ExitCode.INTERNAL
     assert result.error_lines == ["error: internal error: RuntimeError: simulated bug"]

@@ -38,8 +38,46 @@ def test_options_are_the_command_lines(tmp_path: Path) -> None:
 def test_failures_raise_merge_error_with_the_exit_code(tmp_path: Path) -> None:
     with pytest.raises(MergeError) as caught:
         merge(SAMPLES / "features.toml", tmp_path / "missing" / "m.onnx", weights=[1.0])
-    assert caught.value.code == ExitCode.USAGE and "--weights" in caught.value.message
+    assert caught.value.code == ExitCode.USAGE and caught.value.message == "weights has 1 values for 2 models"
     with pytest.raises(MergeError) as caught:
         merge(tmp_path / "nope.toml", tmp_path / "m.onnx")
     assert caught.value.code == ExitCode.BAD_INPUT
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_as_text_and_errors_in_python_words(tmp_path: Path) -> None:
+    out = tmp_path / "weighted.onnx"
+    result = merge(SAMPLES / "features.toml", out, combiner="weighted", weights="0.7,0.3", rows=16)
+    assert result.verification is not None and result.verification.passed
+    with pytest.raises(MergeError) as caught:
+        merge(SAMPLES / "features.toml", out, combiner="weighted", weights="0.2,0.3,0.5")
+    assert caught.value.code == ExitCode.USAGE and caught.value.message == "weights has 3 values for 2 models"
+    with pytest.raises(MergeError) as caught:
+        merge(SAMPLES / "features.toml", out, rows=0)
+    assert caught.value.message == "rows must be at least 1, not 0" and "--" not in str(caught.value.hint)
+    with pytest.raises(MergeError) as caught:
+        merge(SAMPLES / "features.toml", out, weights="0.5,x")
+    assert "--" not in caught.value.message + str(caught.value.hint) and "'x' is not a number" in caught.value.message
+
+
+def test_data_and_target_are_arguments(tmp_path: Path) -> None:
+    result = merge(SAMPLES / "features.toml", tmp_path / "m.onnx", data=SAMPLES / "rows.csv", target="target", rows=8)
+    assert result.scores is not None and result.verification is not None
+    assert result.verification.rows > 8
+
+
+def test_the_public_names_are_all_dir_shows() -> None:
+    import merge_cli
+
+    assert dir(merge_cli) == sorted(["ExitCode", "MergeError", "MergeRequest", "MergeResult", "__version__",
+                                     "inspect", "merge", "verify"])
+
+
+def test_a_request_is_built_once_and_verify_rebuilds_from_the_file(tmp_path: Path) -> None:
+    from merge_cli import MergeRequest, inspect, verify
+
+    request = MergeRequest(SAMPLES / "features.toml", tmp_path / "m.onnx", rows=32)
+    assert merge(request).output == request.out
+    checked = verify(request.out, rows=32)
+    assert checked.passed and [s.model for s in checked.sources] == ["a", "b"]
+    assert inspect(request.out).to_dict()["inputs"][0]["name"] == "features"

@@ -157,3 +157,30 @@ def test_verify_refuses_a_file_without_provenance(cli) -> None:
     result = cli("verify", SAMPLES / "model_a.onnx")
     assert result.code == ExitCode.BAD_INPUT
     assert "has no merge-models provenance" in result.stderr
+
+
+def test_every_missing_source_is_named_in_one_run_and_a_folder_finds_them(cli, merged: Path) -> None:
+    src = merged.parent.parent / "src"
+    moved = src.rename(src.with_name("elsewhere"))
+    result = cli("verify", merged)
+    assert result.code == ExitCode.BAD_INPUT and len(result.error_lines) == 1
+    assert "source of model 'a' not found" in result.stderr and "source of model 'b' not found" in result.stderr
+    assert "--source FOLDER" in result.stderr
+    found = cli("verify", merged, "--source", moved, "--json")
+    assert found.code == 0, found.stderr
+    assert [s["path"] for s in found.json["sources"]] == [str(moved / "model_a.onnx"), str(moved / "model_b.onnx")]
+    assert found.json["verification"]["passed"]
+
+
+def test_verify_lists_the_models_in_mapping_order(cli, tmp_path: Path) -> None:
+    """The recorded mapping is canonical JSON (keys sorted); the models are rebuilt in the order they were merged."""
+    for name in ("model_a.onnx", "model_b.onnx"):
+        shutil.copy(SAMPLES / name, tmp_path / name)
+    text = (SAMPLES / "features.toml").read_text()
+    mapping = tmp_path / "features.toml"
+    mapping.write_text(text.replace("[models.a]", "[models.z]"))
+    out = tmp_path / "merged.onnx"
+    assert cli("merge", "--map", mapping, "--out", out, "--combiner", "concat", "-q").code == 0, "merge"
+    result = cli("verify", out, "--json")
+    assert result.code == 0, result.stderr
+    assert [s["model"] for s in result.json["sources"]] == ["z", "b"]

@@ -22,7 +22,7 @@ from bad_inputs import (
 from conftest import rows, run_model
 from onnx import TensorProto, helper, numpy_helper
 
-import merge_cli.pipeline as pipeline
+import merge_cli
 from merge_cli import model_io, wire
 from merge_cli.errors import ExitCode, MergeError
 from merge_cli.model_io import check_model, load_model
@@ -209,11 +209,11 @@ def test_outputs_over_2_gb_switch_to_external_data_on_their_own(cli, tmp_path: P
     assert not (tmp_path / "single.onnx.data").exists()
 
     # the size estimate (skeleton + payloads) is a little above the file's size: 4 KiB over it stays one file
-    monkeypatch.setattr(pipeline, "PROTOBUF_LIMIT", pipeline.EXTERNAL_MARGIN + size + 4096)
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", model_io.EXTERNAL_MARGIN + size + 4096)
     assert cli("merge", "--map", tmp_path / "map.toml", "--out", tmp_path / "still.onnx").code == 0
     assert not (tmp_path / "still.onnx.data").exists()
 
-    monkeypatch.setattr(pipeline, "PROTOBUF_LIMIT", pipeline.EXTERNAL_MARGIN + size - 1)  # just under: split
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", model_io.EXTERNAL_MARGIN + size - 1)  # just under: split
     out = tmp_path / "merged.onnx"
     result = cli("merge", "--map", tmp_path / "map.toml", "--out", out, "--json")
     assert result.code == 0, result.stderr
@@ -224,24 +224,23 @@ def test_outputs_over_2_gb_switch_to_external_data_on_their_own(cli, tmp_path: P
     np.testing.assert_allclose(run_model(out, {"features": x})["prediction"], want, rtol=1e-5, atol=1e-6)
 
 
-def test_output_files_appear_only_after_verification(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_output_files_appear_only_after_verification(tmp_path: Path) -> None:
     two_external_mlps(tmp_path)
     out = tmp_path / "merged.onnx"
     out.write_bytes(b"the previous merge")
     (tmp_path / "merged.onnx.data").write_bytes(b"the previous weights")
     seen: list[set[str]] = []
-    verify_parts = pipeline.verify_parts
 
-    def watching(merged: Path, *args: object, **kwargs: object) -> object:
+    def watching(stage: str) -> None:  # called as each stage starts: at "verify" the files are staged
+        if stage != "verify":
+            return
         seen.append({p.name for p in tmp_path.iterdir()})
         assert out.read_bytes() == b"the previous merge"
         assert (tmp_path / "merged.onnx.data").read_bytes() == b"the previous weights"
-        assert merged.parent.parent == tmp_path and merged.parent.name.startswith(".merged.onnx.")
-        assert {p.name for p in merged.parent.iterdir()} == {"merged.onnx", "merged.onnx.data"}
-        return verify_parts(merged, *args, **kwargs)  # type: ignore[arg-type]
+        staged = [p for p in tmp_path.iterdir() if p.name.startswith(".merged.onnx.")]
+        assert len(staged) == 1 and {p.name for p in staged[0].iterdir()} == {"merged.onnx", "merged.onnx.data"}
 
-    monkeypatch.setattr(pipeline, "verify_parts", watching)
-    assert cli("merge", "--map", tmp_path / "map.toml", "--out", out, "--external-data").code == 0
+    merge_cli.merge(tmp_path / "map.toml", out, external_data=True, progress=watching)
     assert len(seen) == 1
     staging = [name for name in seen[0] if name.startswith(".merged.onnx.")]
     assert len(staging) == 1 and staging[0].endswith(".tmp")
