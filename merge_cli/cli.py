@@ -274,8 +274,8 @@ def _sources(values: list[str]) -> tuple[dict[str, Path], Path | None]:
 def _run(job: Callable[[], dict[str, Any]], json_output: bool, debug: bool) -> None:
     """Run a command body: one error line (plus hint) per failure, the documented exit code, JSON if asked."""
     try:
-        with interrupts_deferred():  # numpy, onnx (onnxruntime: verify.runtime): C extensions must not be cut mid-import
-            from .verify import import_runtime
+        with interrupts_deferred():  # numpy, onnx (onnxruntime: runtime.runtime): C extensions must not be cut mid-import
+            from .runtime import import_runtime
 
             import_runtime()
         with quiet_libraries(keep_stdout=not json_output, replay=debug):

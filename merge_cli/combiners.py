@@ -652,7 +652,7 @@ def check_input_rank(info: TensorInfo, shape: Shape, path: Path, model: str) -> 
 def reference_onnx(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray], rows: np.ndarray,
                    prepared: Prepared) -> dict[str, np.ndarray]:
     """The user's ORIGINAL combiner file run by onnxruntime on the parts' outputs."""
-    from .verify import run_file
+    from .runtime import run_file
 
     user = prepared.graph
     assert user is not None

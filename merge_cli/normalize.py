@@ -273,7 +273,7 @@ def fed_inputs(graph: GraphProto) -> list[ValueInfoProto]:
 def read_part(spec: ModelSpec, loaded: LoadedModel, observe: Observer | None = None) -> Part:
     """Work out a part's inputs, its head output, and whether it is a classifier (and its classes).
 
-    `observe` runs the original file once (see verify.observe_outputs): where the output shapes it gives
+    `observe` runs the original file once (see runtime.observe_outputs): where the output shapes it gives
     differ from what the file declares or shape inference says, the run wins.
     """
     model = checked_model(loaded)

@@ -32,8 +32,8 @@ from .prepare import data_defaults, fit_combiner, part_rows, prepare_combiner, s
 from .provenance import provenance, provenance_bytes, set_provenance
 from .request import MergeRequest
 from .result import MergeResult, ModelReport, output_entry
+from .runtime import VerifyReport, observe_outputs, random_rows, rows_for_width, verify
 from .splice import merged_model, prefix_model
-from .verify import VerifyReport, observe_outputs, random_rows, rows_for_width, verify
 from .wire import Refs, payload_bytes
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def convert_parts(parts: list[Part], opset: int | None, mapping: FeatureMapping,
     """Convert every part to the common opset and IR version, align the heads the combiner reads
     (class order, [N, 2] for binary, [N, 1] for regressors), then prefix its names with `<model>/`.
     A user's combiner graph (kind = "onnx") is converted and prefixed the same way."""
-    from .verify import runtime_ir_cap  # looked up per call: tests lower the cap
+    from .runtime import runtime_ir_cap  # looked up per call: tests lower the cap
 
     extra = prepared.parts()
     wanted = common_target(parts + extra, opset)

@@ -62,7 +62,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def fit(spec: FeatureMapping, parts: list[Part], rows: Rows) -> StackModel:
     """Run the original parts on the rows in onnxruntime, then fit the stack in numpy."""
-    from .verify import run_parts
+    from .runtime import run_parts
 
     heads = [Head.of(p) for p in parts]
     task, k = stack_task(heads, spec.source)
@@ -109,7 +109,7 @@ def part_rows(spec: FeatureMapping) -> Callable[[np.ndarray], np.ndarray] | None
 def score_rows(merged: Path, parts: list[Part], heads: list[Head], spec: FeatureMapping,
                rows: Rows) -> ScoreTable | None:
     """Each part alone and the merged model on the --data rows (None when the task has no common score)."""
-    from .verify import run_merged, run_parts
+    from .runtime import run_merged, run_parts
 
     assert rows.target is not None and rows.target_name is not None
     tasks = {h.task for h in heads}

@@ -22,7 +22,7 @@ from .normalize import default_opset
 from .pipeline import Stopwatch, build, verify_built
 from .provenance import VERSION_KEY, recorded_mapping, recorded_sources
 from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, MergeRequest
-from .verify import VerifyReport
+from .runtime import VerifyReport
 
 
 @dataclass(frozen=True)

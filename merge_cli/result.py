@@ -10,8 +10,8 @@ if TYPE_CHECKING:
     from onnx import ValueInfoProto
 
     from .normalize import Part, Target
+    from .runtime import VerifyReport
     from .scores import ScoreTable
-    from .verify import VerifyReport
 
 
 @dataclass(frozen=True)

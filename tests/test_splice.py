@@ -311,11 +311,11 @@ g (float[N,2] x) => (float[N,2] y) <int64 n = {3}, float[2] step = {0.5, -0.25},
 
 
 def test_ir_version_is_the_highest_of_the_parts_capped_by_onnxruntime(cli, tmp_path: Path, monkeypatch) -> None:
-    import merge_cli.verify as verify
+    import merge_cli.runtime as runtime
 
     out = merge_two(cli, tmp_path, REGRESSOR_13, REGRESSOR_17, [0, 1], [2, 3])
     assert onnx.load(out).ir_version == 8  # the parts have 7 and 8
-    monkeypatch.setattr(verify, "runtime_ir_cap", lambda wanted=None: 7)
+    monkeypatch.setattr(runtime, "runtime_ir_cap", lambda wanted=None: 7)
     capped = tmp_path / "capped.onnx"
     assert cli("merge", "--map", tmp_path / "map.toml", "--out", capped).code == 0
     assert onnx.load(capped).ir_version == 7
