@@ -10,7 +10,7 @@ from conftest import rows, run_console, run_model, save_text_model, write_mappin
 from onnx import TensorProto, helper, numpy_helper
 
 from merge_cli.errors import ExitCode
-from merge_cli.verify import MAX_TREE_DEPTH, tree_depth
+from merge_cli.runtime import MAX_TREE_DEPTH, tree_depth
 
 
 def chain_tree(depth: int) -> onnx.ModelProto:
