@@ -54,7 +54,7 @@ def test_weights_as_text_and_errors_in_python_words(tmp_path: Path) -> None:
     assert caught.value.code == ExitCode.USAGE and caught.value.message == "weights has 3 values for 2 models"
     with pytest.raises(MergeError) as caught:
         merge(SAMPLES / "features.toml", out, rows=0)
-    assert caught.value.message == "rows must be at least 1, not 0" and "--" not in str(caught.value.hint)
+    assert caught.value.message == "rows must be between 1 and 1000000, not 0" and "--" not in str(caught.value.hint)
     with pytest.raises(MergeError) as caught:
         merge(SAMPLES / "features.toml", out, weights="0.5,x")
     assert "--" not in caught.value.message + str(caught.value.hint) and "'x' is not a number" in caught.value.message
