@@ -18,7 +18,7 @@ from merge_cli.draws import (
     tensor_values,
 )
 from merge_cli.inputs import TableInput
-from merge_cli.verify import random_rows
+from merge_cli.runtime import random_rows
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
