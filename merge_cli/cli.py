@@ -29,7 +29,7 @@ from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL
 try:  # typer >= 0.20 vendors click as typer._click
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer depends on click itself
-    from click import exceptions as click_exceptions  # type: ignore[no-redef]
+    from click import exceptions as click_exceptions  # type: ignore[no-redef, unused-ignore]
 
 # typer's own Exit/Abort; with older typer these are click's (the same classes)
 _EXIT = (typer.Exit, getattr(click_exceptions, "Exit", typer.Exit))

@@ -218,7 +218,7 @@ def shares(weights: list[float]) -> np.ndarray:
     """Weights scaled to sum to 1 without overflow: 1e308 + 1e308 is inf, and w / inf is 0 for every w."""
     w = np.array(weights, dtype=np.float64)
     w = w / w.max()  # each <= 1 now, so the sum is at most len(w)
-    return w / w.sum()
+    return np.asarray(w / w.sum())
 
 
 # ---------------------------------------------------------------------------- element-wise and concat

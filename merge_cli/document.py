@@ -84,7 +84,7 @@ def _load_yaml(text: str, path: Path) -> Any:
     except ImportError:
         raise bad_input(path, "YAML mapping files need PyYAML", "pip install 'merge-models[yaml]' or use TOML") from None
 
-    class StrictLoader(yaml.SafeLoader):
+    class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no stubs here
         pass
 
     def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -94,15 +94,16 @@ def _load_yaml(text: str, path: Path) -> Any:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: keys written here override the base's
                 continue
             scalar = isinstance(key_node, yaml.ScalarNode)
-            key = loader.construct_object(key_node) if scalar else None  # type: ignore[no-untyped-call]
+            key = loader.construct_object(key_node) if scalar else None
             if not isinstance(key, str):
                 shown = _kind(key) if scalar else "a list or table"
                 raise _DocumentError(f"invalid YAML: a key must be a string, not {shown} (line {line})")
             if key in keys:
                 raise _DocumentError(f"invalid YAML: duplicate key {key!r} (line {line})")
             keys.add(key)
-        loader.flatten_mapping(node)  # type: ignore[no-untyped-call]
-        return loader.construct_mapping(node)
+        loader.flatten_mapping(node)
+        mapping: dict[Any, Any] = loader.construct_mapping(node)
+        return mapping
 
     StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
     try:

@@ -219,7 +219,7 @@ def type_name(t: TypeProto) -> str:
 
     kind = t.WhichOneof("value")
     if kind == "tensor_type":
-        return TensorProto.DataType.Name(t.tensor_type.elem_type).lower()
+        return str(TensorProto.DataType.Name(t.tensor_type.elem_type)).lower()
     if kind == "sequence_type":
         return f"seq({type_name(t.sequence_type.elem_type)})"
     if kind == "map_type":

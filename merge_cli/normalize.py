@@ -799,7 +799,7 @@ def align_heads(parts: list[Part], kind: str, opset: int, source: Path) -> None:
         for p in classifiers:
             assert p.classes is not None
             binary = p.head.width == 1 and len(common) == 2
-            order = tuple(p.classes.index(c) for c in common)  # type: ignore[arg-type]
+            order = tuple(p.classes.index(c) for c in common)
             adapter = HeadAdapter(p.head.name, unsqueeze=p.head.rank == 1, binary=binary,
                                   order=order if order != tuple(range(len(common))) else None)
             apply_adapter(p, adapter, opset)

@@ -60,7 +60,7 @@ def provenance_bytes(mapping: FeatureMapping, parts: Sequence[Part], out: Path) 
 
     model = ModelProto()
     set_provenance(model, provenance(mapping, parts, out, lambda path: "0" * 64))
-    return model.ByteSize()
+    return int(model.ByteSize())
 
 
 # ---------------------------------------------------------------------------- reading it back

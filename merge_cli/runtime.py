@@ -274,7 +274,8 @@ def runtime() -> ModuleType:
 
     with interrupts_deferred():
         import onnxruntime
-    return onnxruntime
+    module: ModuleType = onnxruntime
+    return module
 
 
 RUNTIME_IR_FLOOR = 10  # every onnxruntime this package supports (>= 1.20, see pyproject.toml) loads IR 10

@@ -284,7 +284,7 @@ def assemble(spliced: Spliced, extra_nodes: list[NodeProto], extra_initializers:
     graph = helper.make_graph(nodes, name, [spliced.input], outputs,
                               initializer=[*spliced.initializers, *extra_initializers],
                               value_info=spliced.value_info)
-    graph.sparse_initializer.extend(spliced.sparse_initializers)  # type: ignore[arg-type]
+    graph.sparse_initializer.extend(spliced.sparse_initializers)
     return graph
 
 

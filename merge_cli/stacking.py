@@ -104,7 +104,7 @@ def mean_of(arrays: list[np.ndarray]) -> np.ndarray:
     total = arrays[0].copy()
     for a in arrays[1:]:
         total = total + a
-    return total / total.dtype.type(len(arrays))
+    return np.asarray(total / total.dtype.type(len(arrays)))
 
 
 def apply(model: StackModel, outputs: list[np.ndarray], rows: np.ndarray, dtype: type = np.float64) -> np.ndarray:
@@ -121,7 +121,7 @@ def apply(model: StackModel, outputs: list[np.ndarray], rows: np.ndarray, dtype:
 
 def softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -253,8 +253,8 @@ def fold_ids(y: np.ndarray | None, n: int, folds: int, seed: int = 0) -> np.ndar
 def loss(task: Task, out: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per-row log-loss (classifiers; out = probabilities) or squared error (regressors)."""
     if task == "classification":
-        return -np.log(np.clip(out[np.arange(len(y)), y], 1e-15, None))
-    return (out[:, 0] - y) ** 2
+        return np.asarray(-np.log(np.clip(out[np.arange(len(y)), y], 1e-15, None)))
+    return np.asarray((out[:, 0] - y) ** 2)
 
 
 def fit_stack(task: Task, outputs: list[np.ndarray], rows: np.ndarray, y: np.ndarray, names: list[str],
