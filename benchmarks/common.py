@@ -15,7 +15,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -363,3 +363,49 @@ def compose_way(pair: Pair, out: Path) -> tuple[float, Run]:
 
 def cores() -> int:
     return os.cpu_count() or 1
+
+
+def chain(path: Path, inputs: int, nodes: int, seed: int) -> None:
+    """Write a long thin graph of about `nodes` nodes: blocks of MatMul (8 x 8) + Add + Tanh on [N, 8].
+
+    Its weights are tiny (inline in the graph): what it costs is the number of nodes.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    width = 8
+    x = "x"
+    nodes_out, inits = [], []
+    blocks = max(1, nodes // 3)
+    for i in range(blocks):
+        fan_in = inputs if i == 0 else width
+        w = (rng.standard_normal((fan_in, width)) / np.sqrt(fan_in)).astype(np.float32)
+        b = (rng.standard_normal(width) * 0.1).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
+        nodes_out += [helper.make_node("MatMul", [x, f"W{i}"], [f"m{i}"]),
+                      helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"]),
+                      helper.make_node("Tanh", [f"a{i}"], [f"h{i}"])]
+        x = f"h{i}"
+    nodes_out.append(helper.make_node("ReduceMean", [x], ["y"], axes=[1], keepdims=1))
+    graph = helper.make_graph(nodes_out, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", inputs])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="benchmarks")
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def make_models(dir: Path, count: int, write: Callable[[Path, int, int], None]) -> Path:
+    """`count` models written by `write(path, inputs, seed)`, each on its own block of columns, and a mean mapping."""
+    dir.mkdir(parents=True, exist_ok=True)
+    per = max(1, COLUMNS // count)
+    models = {}
+    for i in range(count):
+        name = f"m{i:02d}"
+        write(dir / f"{name}.onnx", per, i + 1)
+        models[name] = {"path": f"{name}.onnx", "columns": [(i * per + c) % COLUMNS for c in range(per)]}
+    mapping = dir / "features.json"
+    mapping.write_text(json.dumps({
+        "version": 1, "input": {"name": "features", "columns": [f"f{i}" for i in range(COLUMNS)]},
+        "models": models, "combiner": {"kind": "mean"}}))
+    return mapping
