@@ -238,6 +238,7 @@ class Run:
     stdout: str
     stderr: str
     code: int
+    peak_anon: int = 0  # bytes of anonymous (private) memory at its highest, sampled every ~5 ms
 
 
 def run_child(argv: list[str], cwd: Path | None = None, check: bool = True) -> Run:
@@ -251,13 +252,40 @@ def run_child(argv: list[str], cwd: Path | None = None, check: bool = True) -> R
         rss_file = Path(tmp) / "rss"
         wrapped = [gnu_time, "-f", "%M", "-o", str(rss_file), *argv] if gnu_time else argv
         start = time.perf_counter()
-        proc = subprocess.run(wrapped, cwd=cwd, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(wrapped, cwd=cwd, stdout=out, stderr=err)
+            anon = _sample_anon(proc, watch_child=gnu_time is not None)
+            seconds = time.perf_counter() - start
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
         peak = int(rss_file.read_text().split()[-1]) * 1024 if gnu_time else _children_maxrss()
-    run = Run(seconds, peak, proc.stdout, proc.stderr, proc.returncode)
+    run = Run(seconds, peak, stdout, stderr, proc.returncode, anon)
     if check and run.code != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {run.code}:\n{run.stderr[-2000:]}")
     return run
+
+
+def _sample_anon(proc: subprocess.Popen[bytes], watch_child: bool) -> int:
+    """Wait for `proc`, sampling RssAnon of it (or of its one child, under /usr/bin/time); the highest seen."""
+    peak = 0
+    watched: int | None = None if watch_child else proc.pid
+    while proc.poll() is None:
+        if watched is None:
+            try:
+                children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                watched = int(children[0]) if children else None
+            except OSError:
+                pass
+        if watched is not None:
+            try:
+                for line in Path(f"/proc/{watched}/status").read_text().splitlines():
+                    if line.startswith("RssAnon:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+        time.sleep(0.005)
+    return peak
 
 
 def _children_maxrss() -> int:
@@ -395,7 +423,7 @@ def chain(path: Path, inputs: int, nodes: int, seed: int) -> None:
     onnx.save(model, path)
 
 
-def make_models(dir: Path, count: int, write: Callable[[Path, int, int], None]) -> Path:
+def make_models(dir: Path, count: int, write: Callable[[Path, int, int], object]) -> Path:
     """`count` models written by `write(path, inputs, seed)`, each on its own block of columns, and a mean mapping."""
     dir.mkdir(parents=True, exist_ok=True)
     per = max(1, COLUMNS // count)
