@@ -112,22 +112,27 @@ class ScoreTable:
 
 
 def class_indices(y: np.ndarray, classes: tuple[int, ...] | tuple[str, ...], path: Path) -> np.ndarray:
-    """Targets as indices into `classes` (-1 where the target is missing); unknown labels are an error."""
+    """Targets as indices into `classes` (-1 where the target is missing); unknown labels are an error.
+
+    Each distinct value is looked up once (np.unique), not each of a million rows in Python."""
     lookup = {str(c): i for i, c in enumerate(classes)}
-    out = np.full(len(y), -1, dtype=np.int64)
-    for i, v in enumerate(y):
-        if isinstance(v, float | np.floating):
+    values, inverse = np.unique(y, return_inverse=True)
+    table = np.empty(len(values), dtype=np.int64)
+    for k, v in enumerate(values.tolist()):
+        if isinstance(v, float):
             if np.isnan(v):
+                table[k] = -1
                 continue
-            key = str(int(v)) if float(v).is_integer() else str(v)
+            key = str(int(v)) if v.is_integer() else str(v)
         else:
             key = str(v)
         if key not in lookup:
+            row = int(np.argmax(inverse.reshape(-1) == k))
             shown = ", ".join(map(str, classes[:10])) + (", ..." if len(classes) > 10 else "")
-            raise bad_input(path, f"target {key!r} on data row {i + 1} is not one of the classes ({shown})",
+            raise bad_input(path, f"target {key!r} on data row {row + 1} is not one of the classes ({shown})",
                             "the target column must hold the models' class labels")
-        out[i] = lookup[key]
-    return out
+        table[k] = lookup[key]
+    return table[inverse.reshape(-1)]
 
 
 def score_table(data: Path, target: str, y: np.ndarray, task: str, classes: tuple[int, ...] | tuple[str, ...] | None,
