@@ -11,8 +11,6 @@ import io
 import math
 import os
 import stat
-import zipfile
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from .errors import bad_input, first_line, usage
-from .mapping import InputSpec
+from .inputs import MergedInput, TableInput, TensorInput
+from .npz import archive_of, read_npz
 
 MISSING = ("", "nan", "NaN", "NA", "N/A", "null", "None")  # cells read as a missing value (NaN)
 MAX_HEADER = 16 << 20  # bytes in a CSV header line: 16 MiB names ~1M columns; a longer line is not a header
@@ -50,13 +49,19 @@ class Rows:
         return only
 
 
-def read_data(path: Path, inputs: Sequence[InputSpec], target: str | None = None) -> Rows:
+def read_data(path: Path, inputs: Sequence[MergedInput], target: str | None = None) -> Rows:
     """Read `path` once: each input's columns (CSV/Parquet header names; .npz: an array per input name,
-    `X` for a single input, or one per column) and the `target` column or array (None: no target)."""
+    `X` for a single table, or one per column; tensors from .npz only) and the `target` column or array
+    (None: no target)."""
+    tensors = [i.name for i in inputs if isinstance(i, TensorInput)]
+    if tensors and path.suffix.lower() != ".npz":
+        raise bad_input(path, f"input {tensors[0]!r} is a tensor, which a table of columns cannot hold",
+                        f"give a .npz file with an array {tensors[0]!r} (the batch first) per tensor input")
     blob = read_file(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        data = _read_npz(path, blob, inputs, target)
+        features, values = read_npz(path, blob, inputs, target)
+        data = Rows(path, MappingProxyType(features), values, target if values is not None else None)
     elif suffix == ".parquet":
         data = _read_parquet(path, blob, inputs, target)
     else:
@@ -68,7 +73,7 @@ def read_data(path: Path, inputs: Sequence[InputSpec], target: str | None = None
     return data
 
 
-def resolve_target(path: Path, inputs: Sequence[InputSpec], target: str | None, strict: bool = True) -> str | None:
+def resolve_target(path: Path, inputs: Sequence[MergedInput], target: str | None, strict: bool = True) -> str | None:
     """The target column of `path`, decided here only: `target` if given (it must exist); else an .npz's
     `y`, or the one CSV/Parquet column that is not an input. Several such columns: the user must say
     which (`strict`), or there is no target (verify, which scores nothing)."""
@@ -98,7 +103,7 @@ def column_names(path: Path) -> list[str]:
         if suffix in TEXT_FORMATS:
             return _header(path, f.readline(MAX_HEADER + 1))[0]
         if suffix == ".npz":
-            return [n.removesuffix(".npy") for n in _archive(path, f).namelist()]
+            return [n.removesuffix(".npy") for n in archive_of(path, f).namelist()]
         return list(_parquet(path, f).schema_arrow.names)
 
 
@@ -126,21 +131,23 @@ def _format(path: Path) -> str:
 
 
 def _open(path: Path) -> io.BufferedReader:
+    """The file opened for reading once it is known to be a regular file (O_NONBLOCK: opening a FIFO
+    would wait for a writer)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - returned to the caller's with-block
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise bad_input(path, "no such data file") from None
     except IsADirectoryError:
         raise bad_input(path, "is a directory, not a data file") from None
     except OSError as e:
         raise bad_input(path, f"cannot read: {e.strerror or e}") from None
-    st = os.fstat(f.fileno())
+    st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_dev in _pseudo_devices():
-        f.close()
+        os.close(fd)
         if stat.S_ISDIR(st.st_mode):
             raise bad_input(path, "is a directory, not a data file")
         raise bad_input(path, "is not a regular file, not a data file", "give a CSV, .npz or Parquet file")
-    return f
+    return os.fdopen(fd, "rb")
 
 
 def _pseudo_devices() -> set[int]:
@@ -154,16 +161,20 @@ def _pseudo_devices() -> set[int]:
     return found
 
 
-def _used_names(path: Path, inputs: Sequence[InputSpec]) -> set[str]:
+def _used_names(path: Path, inputs: Sequence[MergedInput]) -> set[str]:
     """Names that feed inputs: columns, plus (.npz) the arrays that may hold them."""
-    used = {c for spec in inputs for c in spec.columns}
+    used = {c for spec in _tables(inputs) for c in spec.columns}
     if path.suffix.lower() == ".npz":
         used |= {spec.name for spec in inputs} | ({"X"} if len(inputs) == 1 else set())
     return used
 
 
-def _is_text(spec: InputSpec) -> bool:
-    return str(spec.dtype) == "string"
+def _is_text(spec: MergedInput) -> bool:
+    return spec.dtype == "string"
+
+
+def _tables(inputs: Sequence[MergedInput]) -> list[TableInput]:
+    return [i for i in inputs if isinstance(i, TableInput)]
 
 
 def _target_values(path: Path, name: str, cells: np.ndarray) -> np.ndarray:
@@ -226,12 +237,12 @@ class _Plan:
                                                                               else set()))
 
 
-def _plan(path: Path, header: list[str], inputs: Sequence[InputSpec], target: str | None) -> _Plan:
+def _plan(path: Path, header: list[str], inputs: Sequence[MergedInput], target: str | None) -> _Plan:
     position: dict[str, int] = {}
     for i, h in enumerate(header):
         position.setdefault(h, i)
     columns = {}
-    for spec in inputs:
+    for spec in _tables(inputs):
         missing = [c for c in spec.columns if c not in position]
         if missing:
             shown = ", ".join(repr(c) for c in missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -239,12 +250,12 @@ def _plan(path: Path, header: list[str], inputs: Sequence[InputSpec], target: st
                             f"{len(spec.columns)} columns are missing)", "the header must name the mapping's columns")
         columns[spec.name] = [position[c] for c in spec.columns]
     if target is not None and target not in position:
-        others = ", ".join(h for h in header if h not in {c for s in inputs for c in s.columns}) or "none"
+        others = ", ".join(h for h in header if h not in {c for s in _tables(inputs) for c in s.columns}) or "none"
         raise bad_input(path, f"no target column {target!r} in the header", f"columns that are not inputs: {others}")
     return _Plan(header, columns, {s.name for s in inputs if _is_text(s)}, position.get(target) if target else None)
 
 
-def _read_text(path: Path, blob: bytes, inputs: Sequence[InputSpec], target: str | None) -> Rows:
+def _read_text(path: Path, blob: bytes, inputs: Sequence[MergedInput], target: str | None) -> Rows:
     """CSV/TSV: pyarrow when installed (its errors are re-read by numpy, whose messages name the line),
     else numpy.loadtxt on all columns as numbers, then as text, then Python's csv module for the error."""
     end = blob.find(b"\n", 0, MAX_HEADER + 1)
@@ -419,7 +430,7 @@ def _parquet(path: Path, source: bytes | io.BufferedReader) -> Any:
         raise bad_input(path, f"cannot read Parquet: {first_line(e)}") from None
 
 
-def _read_parquet(path: Path, blob: bytes, inputs: Sequence[InputSpec], target: str | None) -> Rows:
+def _read_parquet(path: Path, blob: bytes, inputs: Sequence[MergedInput], target: str | None) -> Rows:
     pa = _arrow()
     parquet = _parquet(path, blob)
     header = list(parquet.schema_arrow.names)
@@ -439,114 +450,3 @@ def _read_parquet(path: Path, blob: bytes, inputs: Sequence[InputSpec], target: 
             raise bad_input(path, f"column {header[i]!r} has type {column.type}; numbers are needed")
         cells[i] = _arrow_column(column, text=_text_column(plan, i))
     return _assemble(path, plan, cells, target)
-
-
-# ---------------------------------------------------------------------------- .npz
-
-
-def _archive(path: Path, source: bytes | io.BufferedReader) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        hint = "save it with np.savez(path, X=rows, y=targets)"
-        if isinstance(source, io.BufferedReader):
-            source.seek(0)
-        if (source if isinstance(source, bytes) else source.read(6)).startswith(b"\x93NUMPY"):
-            raise bad_input(path, "is a .npy file, not a .npz archive", hint) from None
-        raise bad_input(path, f"is not a .npz archive: {first_line(e)}", hint) from None
-
-
-def _npy(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray:
-    """One array, its declared shape and dtype checked against what the archive holds before reading it."""
-    member = archive.getinfo(f"{name}.npy")
-    fmt = np.lib.format
-    try:
-        with archive.open(member) as f:
-            version = fmt.read_magic(f)
-            read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise bad_input(path, f"{name} is a .npy of version {version}, which is not read here")
-            shape, fortran, dtype = read_header(f)
-            if dtype.hasobject:
-                raise bad_input(path, f"{name} is an array of Python objects, which is never unpickled",
-                                "save numbers or strings")
-            count = math.prod(shape)
-            size = count * dtype.itemsize
-            if size > member.file_size:
-                raise bad_input(path, f"{name} declares shape {list(shape)} ({size} bytes), but the archive holds "
-                                f"{member.file_size} bytes for it")
-            if size > _memory_available():
-                raise bad_input(path, f"{name} declares shape {list(shape)} ({size} bytes), more than this "
-                                "machine's free memory")
-            raw = f.read(size)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zipfile.LargeZipFile, zlib.error) as e:
-        raise bad_input(path, f"cannot read {name}: {first_line(e)}") from None
-    if len(raw) != size:
-        raise bad_input(path, f"{name} is truncated: {len(raw)} of {size} bytes")
-    array = np.frombuffer(raw, dtype=dtype, count=count)
-    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
-
-
-def _memory_available() -> int:
-    """MemAvailable (Linux), or no limit where it cannot be read."""
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f.read(1 << 16).splitlines():
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 1 << 62
-
-
-def _read_npz(path: Path, blob: bytes, inputs: Sequence[InputSpec], target: str | None) -> Rows:
-    """An array per input (`X` for a single input), or one 1-D array per column; the target array."""
-    archive = _archive(path, blob)
-    names = {n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy")}
-    features = {}
-    for spec in inputs:
-        whole = spec.name if spec.name in names else "X" if len(inputs) == 1 and "X" in names else None
-        if whole is not None:
-            rows = _npy(path, archive, whole)
-            if rows.ndim != 2 or rows.shape[1] != len(spec.columns):
-                raise bad_input(path, f"{whole} has shape {list(rows.shape)}; the merged input takes "
-                                f"[N, {len(spec.columns)}]")
-        elif spec.columns and all(c in names for c in spec.columns):
-            rows = np.stack([_column(path, archive, c) for c in spec.columns], axis=1)
-        else:
-            wanted = "X" if len(inputs) == 1 else spec.name
-            raise bad_input(path, f"has no array {wanted!r} (it has: {', '.join(sorted(names)) or 'nothing'})",
-                            "save the rows with np.savez(path, X=rows, y=targets)")
-        features[spec.name] = _npz_cells(path, whole or spec.name, rows, _is_text(spec))
-    values = None
-    if target is not None:
-        if target not in names:
-            raise bad_input(path, f"no target array {target!r} (it has: {', '.join(sorted(names))})",
-                            "save the rows with np.savez(path, X=rows, y=targets)")
-        y = _npy(path, archive, target)
-        if y.ndim != 1:
-            raise bad_input(path, f"{target} has shape {list(y.shape)}; one target per row is needed")
-        if y.dtype.kind not in "fiubUS":
-            raise bad_input(path, f"{target} has dtype {y.dtype}; numbers or strings are needed")
-        values = y.astype(str).astype(object) if y.dtype.kind in "US" else y.astype(np.float64)
-    rows_of = {len(v) for v in features.values()}
-    if len(rows_of) > 1:
-        raise bad_input(path, f"its arrays hold different numbers of rows ({', '.join(map(str, sorted(rows_of)))})")
-    return Rows(path, MappingProxyType(features), values, target if values is not None else None)
-
-
-def _column(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray:
-    column = _npy(path, archive, name)
-    if column.ndim != 1:
-        raise bad_input(path, f"{name} has shape {list(column.shape)}; a column is one value per row")
-    return column
-
-
-def _npz_cells(path: Path, name: str, rows: np.ndarray, text: bool) -> np.ndarray:
-    if text:
-        if rows.dtype.kind not in "US":
-            raise bad_input(path, f"{name} has dtype {rows.dtype}; the input takes strings")
-        return rows.astype(str).astype(object)
-    if rows.dtype.kind not in "fiub":
-        raise bad_input(path, f"{name} has dtype {rows.dtype}; numbers are needed")
-    return rows.astype(np.float64)

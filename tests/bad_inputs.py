@@ -632,6 +632,12 @@ def data_file_is_procfs(d: Path) -> list[str]:
     return _with_data(d, "rows.csv", lambda p: p.symlink_to("/proc/self/pagemap"))
 
 
+@case(ExitCode.BAD_INPUT, "rows.csv", "not a regular file")
+def data_file_is_a_fifo(d: Path) -> list[str]:
+    """No writer on the other end: opening it must not wait for one."""
+    return _with_data(d, "rows.csv", lambda p: os.mkfifo(p))
+
+
 @case(ExitCode.BAD_INPUT, "rows.npz", "declares shape [600000000, 4]")
 def data_npz_declares_a_huge_array(d: Path) -> list[str]:
     rows = np.zeros((1000, 4))

@@ -15,6 +15,7 @@ from conftest import run_model
 from merge_cli import data
 from merge_cli.data import read_data, resolve_target
 from merge_cli.errors import ExitCode, MergeError
+from merge_cli.inputs import TensorInput
 from merge_cli.mapping import InputSpec
 
 FEATURES = InputSpec("features", ("A", "B", "C"))
@@ -122,6 +123,21 @@ def test_npz_whole_per_input_or_column_by_column(tmp_path: Path) -> None:
     with pytest.raises(MergeError, match="X has shape \\[2, 2\\]; the merged input takes \\[N, 3\\]"):
         np.savez(tmp_path / "narrow.npz", X=X[:, :2])
         read_data(tmp_path / "narrow.npz", [FEATURES])
+
+
+def test_tensor_inputs_come_whole_from_npz(tmp_path: Path) -> None:
+    """Ready for several inputs: a tensor by its name (fixed dimensions checked) beside a table."""
+    image = TensorInput("image", "float32", ("N", 1, 2, 2))
+    pixels, X = np.arange(24.0).reshape(6, 1, 2, 2), np.ones((6, 3))
+    path = tmp_path / "rows.npz"
+    np.savez(path, image=pixels, features=X, y=np.arange(6))
+    rows = read_data(path, [image, FEATURES], "y")
+    np.testing.assert_array_equal(rows.inputs["image"], pixels)
+    np.testing.assert_array_equal(rows.inputs["features"], X)
+    with pytest.raises(MergeError, match="image has shape \\[6, 1, 2, 2\\]; the input takes \\['N', 1, 3, 3\\]"):
+        read_data(path, [TensorInput("image", "float32", ("N", 1, 3, 3)), FEATURES])
+    with pytest.raises(MergeError, match="is a tensor, which a table of columns cannot hold"):
+        read_data(write(tmp_path / "rows.csv", "A,B,C\n1,2,3\n"), [image, FEATURES])
 
 
 def test_parquet_columns_by_name(tmp_path: Path) -> None:
