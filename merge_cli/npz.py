@@ -122,7 +122,7 @@ def _npz_tensor(path: Path, archive: zipfile.ZipFile, names: set[str], spec: Ten
             isinstance(d, int) and d != n for d, n in zip(expected[1:], array.shape[1:], strict=True)))):
         shown = list(expected) if expected is not None else "[N, ...]"
         raise bad_input(path, f"{spec.name} has shape {list(array.shape)}; the input takes {shown}")
-    if (array.dtype.kind in "US") != spec.dtype == "string" or array.dtype.kind not in "fiubUS":
+    if (array.dtype.kind in "US") != (spec.dtype == "string") or array.dtype.kind not in "fiubUS":
         raise bad_input(path, f"{spec.name} has dtype {array.dtype}; the input takes {spec.dtype}")
     return array
 

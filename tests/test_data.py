@@ -136,6 +136,9 @@ def test_tensor_inputs_come_whole_from_npz(tmp_path: Path) -> None:
     np.testing.assert_array_equal(rows.inputs["features"], X)
     with pytest.raises(MergeError, match="image has shape \\[6, 1, 2, 2\\]; the input takes \\['N', 1, 3, 3\\]"):
         read_data(path, [TensorInput("image", "float32", ("N", 1, 3, 3)), FEATURES])
+    np.savez(tmp_path / "words.npz", image=np.full((6, 1, 2, 2), "w"), features=X)
+    with pytest.raises(MergeError, match="image has dtype <U1; the input takes float32"):
+        read_data(tmp_path / "words.npz", [image, FEATURES])
     with pytest.raises(MergeError, match="is a tensor, which a table of columns cannot hold"):
         read_data(write(tmp_path / "rows.csv", "A,B,C\n1,2,3\n"), [image, FEATURES])
 
