@@ -92,7 +92,8 @@ def merge(request: MergeRequest, progress: Progress | None = None) -> MergeResul
                 report = verify_written(files[0], built)
         if built.rows is not None and built.rows.target is not None:
             with step("score"):
-                scores = score_rows(files[0], list(built.parts), list(built.heads), mapping, built.rows)
+                scores = score_rows(files[0], list(built.parts), list(built.heads), mapping, built.rows,
+                                    report.runs if report is not None else None)
         placed = commit(files, out)
     stack = built.prepared.stack
     return MergeResult(

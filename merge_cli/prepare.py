@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from .errors import bad_input
 from .mapping import FeatureMapping
 from .normalize import Part
 from .scores import Predictions, ScoreTable, class_indices, score_table
+
+if TYPE_CHECKING:
+    from .runtime import Outputs
 from .stacking import StackModel, fit_stack
 
 
@@ -107,8 +111,11 @@ def part_rows(spec: FeatureMapping) -> Callable[[np.ndarray], np.ndarray] | None
 
 
 def score_rows(merged: Path, parts: list[Part], heads: list[Head], spec: FeatureMapping,
-               rows: Rows) -> ScoreTable | None:
-    """Each part alone and the merged model on the --data rows (None when the task has no common score)."""
+               rows: Rows, known: Outputs | None = None) -> ScoreTable | None:
+    """Each part alone and the merged model on the --data rows (None when the task has no common score).
+
+    `known`: verification's runs, read again where they cover these rows (no model runs twice on them).
+    """
     from .runtime import run_merged, run_parts
 
     assert rows.target is not None and rows.target_name is not None
@@ -120,11 +127,13 @@ def score_rows(merged: Path, parts: list[Part], heads: list[Head], spec: Feature
     if task == "classification" and any(h.classes != classes for h in heads):
         return None
     x = rows.features.astype(spec.input.dtype)
+    seen = known.last(x) if known is not None else None
     models = []
-    for part, out in zip(parts, run_parts(parts, x), strict=True):
+    part_outputs = list(seen.parts) if seen is not None and seen.parts is not None else run_parts(parts, x)
+    for part, out in zip(parts, part_outputs, strict=True):
         labels = out.get(part.label.name) if part.label is not None else None
         models.append(Predictions(part.name, out[part.head.name], labels))
-    merged_out = run_merged(merged, x)
+    merged_out = seen.merged if seen is not None else run_merged(merged, x)
     if task == "classification" and "probabilities" in merged_out:
         models.append(Predictions("merged", merged_out["probabilities"], merged_out.get("label")))
     elif task == "regression" and "prediction" in merged_out and merged_out["prediction"].size == len(x):

@@ -52,6 +52,36 @@ class OutputCheck:
     problem: str | None = None
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """What the models gave on one set of rows, kept so that no model runs twice on the same rows:
+    the scores read verification's runs again (the --data rows are verification's last batch)."""
+
+    rows: np.ndarray  # the merged model's input rows
+    merged: dict[str, np.ndarray]
+    parts: tuple[dict[str, np.ndarray], ...] | None  # None: the parts were fed other rows (gate fills NaN)
+
+    def last(self, rows: np.ndarray) -> Outputs | None:
+        """These outputs cut to their last len(rows) rows, when those are `rows`; else None."""
+        n = len(rows)
+        if n > len(self.rows) or self.rows.shape[1:] != rows.shape[1:] or self.rows.dtype != rows.dtype:
+            return None
+        if not np.array_equal(self.rows[len(self.rows) - n:], rows, equal_nan=rows.dtype.kind == "f"):
+            return None
+        start = len(self.rows) - n
+
+        def cut(values: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+            if not all(v.ndim and len(v) == len(self.rows) for v in values.values()):
+                return None  # an output without one value per row cannot be cut
+            return {k: v[start:] for k, v in values.items()}
+
+        merged = cut(self.merged)
+        parts = None if self.parts is None else [cut(p) for p in self.parts]
+        if merged is None or (parts is not None and None in parts):
+            return None
+        return Outputs(rows, merged, None if parts is None else tuple(p for p in parts if p is not None))
+
+
 @dataclass
 class VerifyReport:
     rows: int
@@ -59,6 +89,7 @@ class VerifyReport:
     rtol: float
     outputs: list[OutputCheck] = field(default_factory=list)
     seconds: float = 0.0
+    runs: Outputs | None = field(default=None, repr=False, compare=False)  # not part of the report: for the scores
 
     @property
     def passed(self) -> bool:
@@ -619,7 +650,8 @@ def verify(
         if name in shape_problems and check.passed:
             check.passed, check.problem = False, shape_problems[name]
         checks.append(check)
-    return VerifyReport(len(rows), atol, rtol, checks, time.perf_counter() - start)
+    runs = Outputs(rows, got, None if part_rows else tuple(part_outputs))
+    return VerifyReport(len(rows), atol, rtol, checks, time.perf_counter() - start, runs)
 
 
 def declared_shape_problem(declared: list[Any] | None, actual: tuple[int, ...]) -> str | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from conftest import rows, run_console, run_model, save_text_model, write_mapping
 from onnx import TensorProto, helper, numpy_helper
 
@@ -78,3 +79,33 @@ def test_a_fixed_batch_is_run_in_pieces_and_every_row_compared(tmp_path: Path, c
     x = rows(4, 3)
     got = run_model(out, {"features": x})["prediction"]
     np.testing.assert_allclose(got.ravel(), x[:, 0] + x[:, 1] - x[:, 2], rtol=1e-6)
+
+
+def test_the_scores_read_verifications_runs_each_model_runs_once(tmp_path: Path, cli, monkeypatch) -> None:
+    """--data rows are verified and scored: each part's session and the merged one open once, not twice."""
+    from merge_cli import runtime
+
+    for name, op in (("a", "Neg"), ("b", "Abs")):
+        save_text_model(tmp_path / f"{name}.onnx", f"""
+            <ir_version: 8, opset_import: ["" : 17]>
+            {name} (float[N, 1] x) => (float[N, 1] y) {{ y = {op}(x) }}
+        """)
+    mapping = write_mapping(tmp_path / "m.toml", {
+        "version": 1, "input": {"columns": ["a", "b"]},
+        "models": {"a": {"path": "a.onnx", "columns": ["a"]}, "b": {"path": "b.onnx", "columns": ["b"]}},
+        "combiner": {"kind": "mean"}})
+    x = rows(40, 2)
+    y = (-x[:, 0] + np.abs(x[:, 1])) / 2 + 0.5
+    data = tmp_path / "rows.csv"
+    data.write_text("a,b,y\n" + "".join(f"{p},{q},{t}\n" for (p, q), t in zip(x.tolist(), y.tolist(), strict=True)))
+    opened: list[str] = []
+    for name in ("part_session", "merged_session"):
+        real = getattr(runtime, name)
+        monkeypatch.setattr(runtime, name, lambda what, real=real, name=name: opened.append(name) or real(what))
+
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "out.onnx", "--data", data, "--json")
+    assert result.code == 0, result.stderr
+    assert sorted(opened) == ["merged_session", "part_session", "part_session"]
+    scores = {m["model"]: m for m in result.json["scores"]["models"]}
+    assert scores["merged"]["rmse"] == pytest.approx(0.5, rel=1e-5)
+    assert scores["a"]["rmse"] == pytest.approx(float(np.sqrt(np.mean((-x[:, 0] - y) ** 2))), rel=1e-5)
