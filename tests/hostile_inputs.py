@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
 from bad_inputs import (  # noqa: E402
     GOOD_YAML,
     Case,
@@ -24,6 +26,7 @@ from bad_inputs import (  # noqa: E402
     save,
     two_regressors,
 )
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from merge_cli.errors import ExitCode  # noqa: E402
 
@@ -147,6 +150,75 @@ def output_longer_than_path_max(d: Path) -> list[str]:
 def output_folder_name_longer_than_name_max(d: Path) -> list[str]:
     two_regressors(d)
     return merge_args(d, out="x" * 300 + "/merged.onnx")
+
+
+# ---------------------------------------------------------------------------- malformed trees, unverified
+
+
+def ml5_tree(branches: int) -> onnx.ModelProto:
+    """An ai.onnx.ml 5 TreeEnsemble: one complete binary tree of `branches` branch nodes on x[:, 0..1]."""
+    true_ids, false_ids, true_leaf, false_leaf, leaves = [], [], [], [], []
+    for i in range(branches):
+        for child, ids, leafs in ((2 * i + 1, true_ids, true_leaf), (2 * i + 2, false_ids, false_leaf)):
+            if child < branches:
+                ids.append(child)
+                leafs.append(0)
+            else:
+                ids.append(len(leaves))
+                leafs.append(1)
+                leaves.append(float(len(leaves) % 7))
+    node = helper.make_node(
+        "TreeEnsemble", ["x"], ["y"], domain="ai.onnx.ml", name="tree", aggregate_function=1, n_targets=1,
+        post_transform=0, tree_roots=[0], nodes_featureids=[i % 2 for i in range(branches)],
+        nodes_splits=numpy_helper.from_array(np.linspace(-1, 1, branches).astype(np.float32)),
+        nodes_modes=numpy_helper.from_array(np.zeros(branches, np.uint8)), nodes_truenodeids=true_ids,
+        nodes_trueleafs=true_leaf, nodes_falsenodeids=false_ids, nodes_falseleafs=false_leaf,
+        leaf_targetids=[0] * len(leaves), leaf_weights=numpy_helper.from_array(np.array(leaves, np.float32)))
+    graph = helper.make_graph([node], "tree", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])])
+    return helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 21),
+                                                                 helper.make_opsetid("ai.onnx.ml", 5)])
+
+
+def old_tree() -> onnx.ModelProto:
+    """A TreeEnsembleRegressor (ai.onnx.ml 3): next to it, an ml 5 tree is rewritten to the old op."""
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", n_targets=1, nodes_treeids=[0, 0, 0],
+        nodes_nodeids=[0, 1, 2], nodes_featureids=[0, 0, 0], nodes_values=[0.0, 0.0, 0.0],
+        nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"], nodes_truenodeids=[1, 0, 0], nodes_falsenodeids=[2, 0, 0],
+        target_treeids=[0, 0], target_nodeids=[1, 2], target_ids=[0, 0], target_weights=[1.0, 2.0])
+    graph = helper.make_graph([node], "old", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])])
+    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17),
+                                                                helper.make_opsetid("ai.onnx.ml", 3)])
+
+
+def _broken_tree(edit: Callable[[onnx.NodeProto], None]) -> Callable[[Path], list[str]]:
+    def build(d: Path) -> list[str]:
+        tree = ml5_tree(7)
+        edit(tree.graph.node[0])
+        return [*two_regressors(d, a=tree, b=old_tree()), "--no-verify"]
+
+    return build
+
+
+def _set_ints(name: str, values: list[int]) -> Callable[[onnx.NodeProto], None]:
+    def edit(node: onnx.NodeProto) -> None:
+        next(a for a in node.attribute if a.name == name).ints[:] = values
+
+    return edit
+
+
+HOSTILE_CASES += [
+    Case("ml5_tree_leaf_targets_cut_short_unverified", _broken_tree(_set_ints("leaf_targetids", [0])),
+         ExitCode.BAD_INPUT, "a.onnx", "TreeEnsemble node 'tree' is malformed", json=True),
+    Case("ml5_tree_child_out_of_range_unverified", _broken_tree(_set_ints("nodes_truenodeids", [1, 3, 99, 0, 2, 4, 6])),
+         ExitCode.BAD_INPUT, "a.onnx", "out of range"),
+    Case("ml5_tree_negative_child_unverified", _broken_tree(_set_ints("nodes_falsenodeids", [-1, 4, 6, 1, 3, 5, 7])),
+         ExitCode.BAD_INPUT, "a.onnx", "out of range"),
+    Case("ml5_tree_short_attribute_unverified", _broken_tree(_set_ints("nodes_featureids", [0])),
+         ExitCode.BAD_INPUT, "a.onnx", "differ in length"),
+]
 
 
 if __name__ == "__main__":

@@ -6,16 +6,20 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from bad_inputs import make_mlp, make_regressor, mapping_doc, save, two_regressors, write_doc
 from conftest import rows, run_model, write_mapping
+from hostile_inputs import ml5_tree
 from test_interrupt import EXE, start, wait_for
 
 from merge_cli.cli import main
 from merge_cli.errors import ExitCode
+from merge_cli.naming import unique_name
 
 
 @pytest.mark.parametrize(("flags", "weight"), [(["--weights", "1e308,1e308", "--combiner", "weighted"], None),
@@ -138,3 +142,56 @@ def test_json_report_that_cannot_be_written_is_exit_5_and_the_model_stays(stdout
     assert lines[0].startswith("error: <stdout>: cannot write the report") and len(lines) == 2, proc.stderr
     assert (tmp_path / "merged.onnx").exists()
     assert run_model(tmp_path / "merged.onnx", {"features": rows(2, 4)})["prediction"].shape == (2, 1)
+
+
+# ---------------------------------------------------------------------------- time linear in model size
+
+
+def test_twenty_thousand_nodes_sharing_one_name_get_unique_names_fast() -> None:
+    """unique_name probed base_2, base_3, ... from the start each time: 20,000 same-named nodes took 130 s."""
+    taken: set[str] = set()
+    start = time.perf_counter()
+    names = [unique_name("same", taken) for _ in range(20_000)]
+    assert time.perf_counter() - start < 2
+    assert len(set(names)) == 20_000 and names[:3] == ["same", "same_2", "same_3"] and names[-1] == "same_20000"
+    taken |= {"x", "x_2", "x_4"}
+    assert unique_name("x", taken) not in {"x", "x_2", "x_4"}
+
+
+def test_a_30000_node_ml5_tree_is_rewritten_in_linear_time(tmp_path: Path) -> None:
+    """An ml 5 TreeEnsemble next to an old-style tree is rewritten as TreeEnsembleRegressor; `key in list`
+    made that quadratic (30,000 nodes: 87 s). Twice the nodes must take about twice the time."""
+    from onnx import helper, numpy_helper
+
+    from merge_cli.normalize import _regressor_attributes
+
+    def rewrite(branches: int) -> float:
+        node = ml5_tree(branches).graph.node[0]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        start = time.perf_counter()
+        out = _regressor_attributes(attrs, numpy_helper, double=False)
+        assert len(out["nodes_nodeids"]) == 2 * branches + 1
+        return time.perf_counter() - start
+
+    small, large = rewrite(7_500), rewrite(30_000)
+    assert large < 10 * small + 0.5, (small, large)  # quadratic: 16x
+
+
+def test_twenty_thousand_model_inputs_are_matched_in_linear_time(tmp_path: Path) -> None:
+    """match_routes rebuilt the set of fed inputs once per input: 20,000 inputs were quadratic."""
+    from merge_cli.mapping import parse_mapping
+    from merge_cli.normalize import TensorInfo
+    from merge_cli.splice import match_routes
+
+    def match(n: int) -> float:
+        doc = {"version": 1, "input": {"name": "features", "columns": [f"c{i}" for i in range(n)]},
+               "models": {"a": {"path": "a.onnx", "inputs": {f"x{i}": [f"c{i}"] for i in range(n)}}}}
+        spec = parse_mapping(doc, tmp_path / "map.json").models[0]
+        inputs = [TensorInfo(f"x{i}", 1, ("N", 1)) for i in range(n)]
+        part = SimpleNamespace(spec=spec, source=SimpleNamespace(path=tmp_path / "a.onnx"), inputs=inputs)
+        start = time.perf_counter()
+        assert len(match_routes(part)) == n  # type: ignore[arg-type]
+        return time.perf_counter() - start
+
+    small, large = match(5_000), match(20_000)
+    assert large < 10 * small + 0.5, (small, large)  # quadratic: 16x
