@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from . import __version__
 from .errors import ExitCode, MergeError, first_line, interrupt_code, one_line
@@ -27,8 +28,10 @@ from .process import TERMINATING, interrupts_deferred, quiet_libraries, terminat
 from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL
 
 try:  # typer >= 0.20 vendors click as typer._click
+    from typer._click import core as click_core
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer depends on click itself
+    from click import core as click_core  # type: ignore[no-redef, unused-ignore]
     from click import exceptions as click_exceptions  # type: ignore[no-redef, unused-ignore]
 
 # typer's own Exit/Abort; with older typer these are click's (the same classes)
@@ -45,6 +48,35 @@ if TYPE_CHECKING:
     from .result import MergeResult
     from .starter import Starter
 
+class _Command(TyperCommand):
+    """A command whose --help prints what its parameters say.
+
+    Two gaps between typer 0.19 and click 8.5 are closed here: click 8.5 gave arguments a `help` of
+    their own, which typer then overwrites with None, so arguments showed no description; and typer
+    escapes `[default: 256]` for rich markup even when rich markup is off, which printed `\\[default`.
+    """
+
+    def format_options(self, ctx: click_core.Context, formatter: click_core.HelpFormatter) -> None:
+        from typer.utils import get_params_from_function
+
+        declared = get_params_from_function(getattr(self.callback, "__wrapped__", self.callback))
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                meta = declared.get(param.name or "")
+                arguments.append((param.make_metavar(ctx), getattr(meta.default, "help", None) or "" if meta else ""))
+                continue
+            record = param.get_help_record(ctx)
+            if record is not None:
+                options.append((record[0], record[1].replace("\\[", "[")))
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        if options:
+            with formatter.section("Options"):
+                formatter.write_dl(options)
+
+
 app = typer.Typer(
     name="merge-models",
     help="Merge trained ONNX models into one model that takes the whole feature row, verified with onnxruntime.",
@@ -58,9 +90,17 @@ app = typer.Typer(
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
-RowsOption = Annotated[int, typer.Option(help="Random rows to verify on.")]
-AtolOption = Annotated[float, typer.Option(help="Absolute tolerance for verification.")]
-RtolOption = Annotated[float, typer.Option(help="Relative tolerance for verification.")]
+RowsOption = Annotated[int, typer.Option(help="Random rows to verify on.", metavar="N")]
+AtolOption = Annotated[float, typer.Option(help="Absolute tolerance for verification.", metavar="X")]
+RtolOption = Annotated[float, typer.Option(help="Relative tolerance for verification.", metavar="X")]
+DEFAULT_MAP = Path("features.toml")
+
+
+def _combiner_kinds(incomplete: str) -> list[str]:
+    """What the shell completes after --combiner."""
+    from .mapping import COMBINERS
+
+    return [kind for kind in COMBINERS if kind.startswith(incomplete)]
 
 
 def _version(value: bool) -> None:
@@ -80,22 +120,25 @@ def _root(
 # ---------------------------------------------------------------------------- commands
 
 
-@app.command()
+@app.command(cls=_Command)
 def merge(
     models: Annotated[Optional[list[Path]], typer.Argument(  # noqa: UP045 - typer needs Optional here
-        help="Model files, matched to the mapping's [models.*] in file order; they override its paths.",
-        show_default=False)] = None,
-    map_file: Annotated[Path, typer.Option("--map", "-m", help="Feature-mapping file (.toml, .json or .yaml).",
-                                           show_default=False)] = Path("features.toml"),
-    out: Annotated[str, typer.Option("--out", "-o", help="Where to write the merged model.",
-                                     show_default=False)] = "merged.onnx",
+        help="Model files, one per [models.*] table of the mapping, in its order; they replace the tables' "
+             "paths (default: the paths in the mapping).",
+        show_default=False, metavar="[MODEL]...")] = None,
+    map_file: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--map", "-m", help=f"Feature-mapping file (.toml, .json or .yaml); `merge-models init` writes one.  "
+                            f"[default: {DEFAULT_MAP}]", show_default=False, metavar="FILE")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Where to write the merged model (its folder is made "
+                                                         "if missing).", metavar="FILE")] = "merged.onnx",
     combiner: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Combiner kind (overrides [combiner] kind): mean, weighted, sum, max, min, concat, vote, stack, gate, "
-             "onnx.",
-        show_default=False)] = None,
+        help="Combiner kind: mean, weighted, sum, max, min, concat, vote, stack, gate, onnx (default: [combiner] "
+             "kind in the mapping, else mean).",
+        show_default=False, metavar="KIND", autocompletion=_combiner_kinds)] = None,
     weights: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Per-model weights in mapping order, e.g. 0.7,0.3 (normalised; implies nothing about kind).",
-        show_default=False)] = None,
+        help="Per-model weights in mapping order, e.g. 0.7,0.3, normalised (default: each model's weight in the "
+             "mapping, else 1).",
+        show_default=False, metavar="W,W,...")] = None,
     keep_outputs: Annotated[bool, typer.Option(
         "--keep-outputs", help="Also expose each model's own outputs as <model>/<output>.")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify",
@@ -105,12 +148,14 @@ def merge(
         help="Real rows (CSV with a header, or .npz with X and y): verify on them too and score each model.",
         show_default=False, metavar="FILE")] = None,
     target: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="The --data column holding the true values (default: the one column that is not an input).",
+        help="The --data column holding the true values (default: the one column that is not an input, or y "
+             "in a .npz).",
         show_default=False, metavar="NAME")] = None,
     atol: AtolOption = DEFAULT_ATOL,
     rtol: RtolOption = DEFAULT_RTOL,
     opset: Annotated[Optional[int], typer.Option(  # noqa: UP045
-        help="Target default-domain opset (default: the highest among the models).", show_default=False)] = None,
+        help="Target default-domain opset (default: the highest among the models).", show_default=False,
+        metavar="N")] = None,
     external_data: Annotated[bool, typer.Option("--external-data",
                                                 help="Write weights to <out>.data beside the model.")] = False,
     json_output: JsonOption = False,
@@ -125,7 +170,7 @@ def merge(
         from .request import MergeRequest, weights_of
 
         request = MergeRequest(
-            map_file, output_path(out), tuple(models or ()), combiner=combiner, weights=weights_of(weights, from_cli=True),
+            _mapping_file(map_file), output_path(out), tuple(models or ()), combiner=combiner, weights=weights_of(weights, from_cli=True),
             keep_outputs=keep_outputs, verify=verify, rows=rows, atol=atol, rtol=rtol, opset=opset,
             external_data=external_data, data=data, target=target, from_cli=True,
         )
@@ -140,7 +185,19 @@ def merge(
     _run(job, json_output, debug)
 
 
-@app.command()
+def _mapping_file(given: Path | None) -> Path:
+    """--map, or its default; a missing default says where the name came from (the user never typed it)."""
+    if given is not None:
+        return given
+    if not DEFAULT_MAP.exists():
+        from .errors import bad_input
+
+        raise bad_input(DEFAULT_MAP, "no such mapping file (the default of --map, which was not given)",
+                        "pass --map FILE, or write one with `merge-models init MODEL...`")
+    return DEFAULT_MAP
+
+
+@app.command(cls=_Command)
 def inspect(
     model: Annotated[Path, typer.Argument(help="The ONNX model file to describe.", show_default=False,
                                           metavar="MODEL")],
@@ -165,12 +222,12 @@ def inspect(
     _run(job, json_output, debug)
 
 
-@app.command()
+@app.command(cls=_Command)
 def init(
-    models: Annotated[list[Path], typer.Argument(help="The model files to merge.", show_default=False,
-                                                 metavar="MODEL")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The mapping file to write ('-' prints it).",
-                                      metavar="FILE")]
+    models: Annotated[list[Path], typer.Argument(help="The model files to merge (one or more).", show_default=False,
+                                                 metavar="MODEL...")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The mapping file to write ('-' prints it; its folder "
+                                                          "is made if missing).", metavar="FILE")]
     = Path("features.toml"),
     columns_from: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--columns-from", help="A CSV file whose header names the columns (the models read them in turn); "
@@ -182,8 +239,9 @@ def init(
 ) -> None:
     """Write a starter mapping file for these models.
 
-    A commented TOML file that merges as written: columns are named after per-column inputs, or get
-    placeholder names <model>_<i> to rename. An existing file is kept unless --force.
+    A commented TOML file that merges as written: columns are named after per-column inputs, or after
+    the header of --columns-from, or get placeholder names <model>_<i> to rename. An existing file is
+    kept unless --force.
     """
 
     def job() -> dict[str, Any]:
@@ -206,7 +264,7 @@ def init(
     _run(job, json_output, debug)
 
 
-@app.command()
+@app.command(cls=_Command)
 def verify(
     merged: Annotated[Path, typer.Argument(help="A model written by `merge-models merge`.", show_default=False,
                                            metavar="MERGED")],

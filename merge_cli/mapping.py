@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -362,6 +363,11 @@ def apply_overrides(mapping: FeatureMapping, request: MergeRequest) -> FeatureMa
     if len(model_paths) > len(mapping.models):
         raise usage(mapping.source, f"{len(model_paths)} MODEL arguments but the mapping names "
                     f"{len(mapping.models)} models", "give at most one MODEL path per [models.*] table")
+    if 0 < len(model_paths) < len(mapping.models):
+        names = ", ".join(m.name for m in mapping.models)
+        raise usage(mapping.source, f"{len(model_paths)} MODEL argument{'s' if len(model_paths) > 1 else ''} but the "
+                    f"mapping names {len(mapping.models)} models ({names})",
+                    "give one MODEL path per [models.*] table, in file order, or none to use the mapping's paths")
     models = list(mapping.models)
     for i, p in enumerate(model_paths):
         models[i] = replace(models[i], path=p)
@@ -369,9 +375,14 @@ def apply_overrides(mapping: FeatureMapping, request: MergeRequest) -> FeatureMa
         if m.path == Path():
             raise bad_input(mapping.source, f"models.{m.name}.path: missing",
                             "add path = \"model.onnx\" or pass the model file as a MODEL argument")
+        if not model_paths and not os.path.lexists(m.path):  # a path the user wrote in the mapping, not typed
+            raise bad_input(mapping.source, f"models.{m.name}.path: no such file {str(m.path)!r}",
+                            f"paths in the mapping are relative to its folder ({str(mapping.source.parent)!r}); "
+                            f"fix models.{m.name}.path, or pass the model files as MODEL arguments")
     if weights is not None:
         if len(weights) != len(models):
-            raise usage(None, f"{option('weights')} has {len(weights)} values for {len(models)} models",
+            raise usage(None, f"{option('weights')} has {len(weights)} value{'s' if len(weights) != 1 else ''} "
+                              f"for {len(models)} models",
                         f"give one weight per model, in mapping order, e.g. {option('weights', '0.7,0.3')}")
         models = [replace(m, weight=w) for m, w in zip(models, weights, strict=True)]  # MergeRequest checked them
     comb = mapping.combiner

@@ -184,7 +184,7 @@ def nested_if_model(depth: int) -> bytes:
 # ---------------------------------------------------------------------------- model files
 
 
-@case(ExitCode.BAD_INPUT, "a.onnx", "no such file")
+@case(ExitCode.BAD_INPUT, "map.toml", "models.a.path: no such file", hint=True)
 def missing_model(d: Path) -> list[str]:
     return with_a(d, lambda p: None)
 
@@ -230,7 +230,7 @@ def text_file_passed_as_model(d: Path) -> list[str]:
 @case(ExitCode.BAD_INPUT, "map.toml", "not an ONNX model")
 def mapping_passed_as_model(d: Path) -> list[str]:
     args = two_regressors(d)
-    return [*args, str(d / "map.toml")]
+    return [*args, str(d / "map.toml"), str(d / "b.onnx")]
 
 
 @case(ExitCode.BAD_INPUT, "a.onnx", "nested too deeply")
@@ -995,9 +995,15 @@ def _usage_case(name: str, problem: str, *extra: str) -> None:
 
 _usage_case("rows_zero", "--rows must be between 1 and", "--rows", "0")
 _usage_case("weights_not_numbers", "--weights", "--weights", "0.5,x")
-_usage_case("weights_count", "--weights has 1 values for 2 models", "--weights", "1")
+_usage_case("weights_count", "--weights has 1 value for 2 models", "--weights", "1")
 _usage_case("unknown_combiner_option", "unknown combiner 'median'", "--combiner", "median")
 _usage_case("unknown_option", "--frobnicate", "--frobnicate")
+
+
+@case(ExitCode.USAGE, "map.toml", "1 MODEL argument but the mapping names 2 models (a, b)", hint=True)
+def fewer_model_arguments_than_models(d: Path) -> list[str]:
+    args = two_regressors(d)
+    return [*args, str(d / "a.onnx")]
 
 
 @case(ExitCode.USAGE, "map.toml", "3 MODEL arguments", hint=True)

@@ -101,3 +101,92 @@ def test_init_columns_from_errors(cli, tmp_path: Path, header: str, message: str
     assert result.code in (ExitCode.BAD_INPUT, ExitCode.INCOMPATIBLE)
     assert len(result.error_lines) == 1 and message in result.error_lines[0] and str(csv) in result.error_lines[0]
     assert not (tmp_path / "f.toml").exists()
+
+
+# ---------------------------------------------------------------------------- 1-3, 15: help, defaults, completion
+
+HELP = {  # each command: its usage line, and every argument and option its help must describe
+    "merge": ("merge-models merge [OPTIONS] [MODEL]...",
+              ["[MODEL]...", "--map", "--out", "--combiner", "--weights", "--keep-outputs", "--verify", "--rows",
+               "--data", "--target", "--atol", "--rtol", "--opset", "--external-data", "--json", "--quiet", "--debug"]),
+    "init": ("merge-models init [OPTIONS] MODEL...", ["MODEL...", "--out", "--columns-from", "--force", "--json"]),
+    "inspect": ("merge-models inspect [OPTIONS] MODEL", ["MODEL", "--json", "--quiet", "--debug"]),
+    "verify": ("merge-models verify [OPTIONS] MERGED", ["MERGED", "--data", "--source", "--rows", "--atol", "--rtol"]),
+}
+DEFAULTS = {"merge": ["[default: features.toml]", "[default: merged.onnx]", "[default: 256]", "[default: 1e-05]",
+                      "(default: the highest among the models)", "(default: [combiner] kind in the mapping, else mean)",
+                      "(default: the paths in the mapping)", "(default: the one column that is not an input"],
+            "init": ["[default: features.toml]", "default: placeholder names"],
+            "verify": ["[default: 256]", "[default: 1e-05]"], "inspect": []}
+
+
+def described(help_text: str, name: str) -> bool:
+    """`name` starts a line of the help (after its short form) and some description follows it."""
+    for line in help_text.splitlines():
+        words = line.strip().replace(",", "").split()
+        if name in words[:3] and len(words) > words.index(name) + 2:
+            return True
+    return False
+
+
+@pytest.mark.parametrize("command", HELP)
+def test_help_documents_every_argument_and_default_without_backslashes(command: str) -> None:
+    from test_cli_output import console, with_terminal_stderr
+
+    usage, names = HELP[command]
+    piped = console(command, "--help").stdout
+    code, on_terminal, _ = with_terminal_stderr(command, "--help", cwd=SAMPLES)  # stdout is a pipe there too
+    assert code == 0
+    for text in (piped, on_terminal):
+        assert "\\" not in text and usage in text
+        for name in names:
+            assert described(text, name), (command, name, text)
+        for default in DEFAULTS[command]:
+            assert default in " ".join(text.split()), (command, default)
+
+
+def test_help_on_a_terminal_has_no_backslashes() -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    exe = Path(sys.executable).with_name("merge-models")
+    proc = subprocess.Popen([str(exe), "merge", "--help"], stdout=follower, stderr=follower,
+                            env={**os.environ, "TERM": "xterm", "COLUMNS": "100"})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=60)
+    os.close(leader)
+    text = b"".join(chunks).decode()
+    assert "[default: 256]" in text and "\\" not in text and "Model files, one per [models.*] table" in " ".join(text.split())
+
+
+def test_a_missing_default_mapping_says_it_is_the_default(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli("merge", "-o", "x.onnx")
+    assert result.code == ExitCode.BAD_INPUT
+    assert result.error_lines == ["error: features.toml: no such mapping file (the default of --map, which was not given)"]
+    assert "hint: pass --map FILE, or write one with `merge-models init MODEL...`" in result.stderr
+    (tmp_path / "features.toml").write_text((SAMPLES / "features.toml").read_text().replace(
+        'path = "model_', f'path = "{SAMPLES}/model_'))
+    assert cli("merge", "-o", "x.onnx", "-q").code == 0 and (tmp_path / "x.onnx").is_file()
+
+
+def test_shell_completion_offers_the_combiner_kinds() -> None:
+    from test_cli_output import console
+
+    env = {"_MERGE_MODELS_COMPLETE": "complete_bash", "COMP_WORDS": "merge-models merge --combiner ", "COMP_CWORD": "3"}
+    assert console(env=env).stdout.split() == ["mean", "weighted", "sum", "max", "min", "concat", "vote", "stack",
+                                                 "gate", "onnx"]
+    env = {**env, "COMP_WORDS": "merge-models merge --combiner s"}
+    assert console(env=env).stdout.split() == ["sum", "stack"]
