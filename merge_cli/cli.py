@@ -59,7 +59,8 @@ class _Command(TyperCommand):
     def format_options(self, ctx: click_core.Context, formatter: click_core.HelpFormatter) -> None:
         from typer.utils import get_params_from_function
 
-        declared = get_params_from_function(getattr(self.callback, "__wrapped__", self.callback))
+        function = getattr(self.callback, "__wrapped__", self.callback)
+        declared = get_params_from_function(function) if function is not None else {}
         arguments, options = [], []
         for param in self.get_params(ctx):
             if param.param_type_name == "argument":
