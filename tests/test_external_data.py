@@ -67,11 +67,11 @@ def test_relative_paths_never_resolve_against_an_empty_base_directory(cli, tmp_p
     save(make_regressor(weight=-1.0), tmp_path / "b.onnx")
     write_doc(tmp_path / "map.toml", mapping_doc())
     monkeypatch.chdir(tmp_path)
-    assert cli("merge", "a.onnx", "--map", "map.toml", "--out", "merged.onnx").code == 0
+    assert cli("merge", "a.onnx", "b.onnx", "--map", "map.toml", "--out", "merged.onnx").code == 0
     os.remove("merged.onnx")
     os.rename("a.bin", "real.bin")
     os.symlink("real.bin", "a.bin")
-    result = cli("merge", "a.onnx", "--map", "map.toml", "--out", "merged.onnx")
+    result = cli("merge", "a.onnx", "b.onnx", "--map", "map.toml", "--out", "merged.onnx")
     assert result.code == ExitCode.BAD_INPUT
     assert result.error_lines == ["error: a.onnx: tensor 'W1': external data location 'a.bin' passes through a "
                                   "symbolic link"]
