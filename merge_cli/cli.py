@@ -157,6 +157,9 @@ def merge(
     opset: Annotated[Optional[int], typer.Option(  # noqa: UP045
         help="Target default-domain opset (default: the highest among the models).", show_default=False,
         metavar="N")] = None,
+    ir_version: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        "--ir-version", help="Cap the merged model's IR version, for an older onnxruntime (default: the highest "
+                             "among the models, or what the opsets need).", show_default=False, metavar="N")] = None,
     external_data: Annotated[bool, typer.Option("--external-data",
                                                 help="Write weights to <out>.data beside the model.")] = False,
     json_output: JsonOption = False,
@@ -173,7 +176,7 @@ def merge(
         request = MergeRequest(
             _mapping_file(map_file), output_path(out), tuple(models or ()), combiner=combiner, weights=weights_of(weights, from_cli=True),
             keep_outputs=keep_outputs, verify=verify, rows=rows, atol=atol, rtol=rtol, opset=opset,
-            external_data=external_data, data=data, target=target, from_cli=True,
+            ir_version=ir_version, external_data=external_data, data=data, target=target, from_cli=True,
         )
         with _progress(quiet or json_output) as progress:
             result = run_merge(request, progress)
@@ -487,8 +490,8 @@ def _print_summary(result: MergeResult) -> None:
     _plain(console)(f"merge-models {__version__}: {doc['combiner']} of {files}")
     _print_rows(console, ["model", "task", "output", "columns"], [
         [m["name"], _task(m["task"]), m["head"], _columns(m["columns"])] for m in doc["models"]])
-    converted = [f"{m['name']} {m['opset_from']} -> {m['opset_to']}" for m in doc["models"]
-                 if m["opset_from"] != m["opset_to"]]
+    converted = [f"{m['name']} {m['opset_from'] if m['opset_from'] is not None else '(no ai.onnx opset)'} -> "
+                 f"{m['opset_to']}" for m in doc["models"] if m["opset_from"] != m["opset_to"]]
     print_plain = _plain(console)
     print_plain(f"outputs: {', '.join(_port(o) for o in doc['outputs'])}")
     print_plain(f"opset {doc['opsets'].get('', '?')}, IR {doc['ir_version']}"
@@ -543,12 +546,12 @@ def _print_inspect(info: ModelInfo) -> None:
         external = f" + {_size(sum(d['bytes'] for d in doc['external_data']))} in {names}"
     facts: list[list[Cell]] = [
         ["file", f"{_size(doc['bytes'])}{external}; "
-                 + (f"{weights['count']} initializers ({_size(weights['bytes'])})" if weights["count"]
+                 + (f"{_plural(weights['count'], 'initializer')} ({_size(weights['bytes'])})" if weights["count"]
                     else "no initializers")],
         ["producer", f"{doc['producer']['name'] or '?'} {doc['producer']['version']}".rstrip()],
         ["format", f"IR {doc['ir_version']}, opsets " + ", ".join(f"{d or 'ai.onnx'} {v}"
                                                                   for d, v in doc["opsets"].items())],
-        ["graph", f"{_plural(doc['nodes'], 'node')}: {_preview(list(doc['ops']), 5)}"],
+        ["graph", f"{_plural(doc['nodes'], 'node')}: {_preview(list(doc['ops']), 5, 'other op types')}"],
     ]
     if doc["columns"] is not None:
         facts.append(["columns", f"{doc['columns']} (what a merge routes to it)"])
@@ -619,8 +622,9 @@ def _columns(columns: list[str]) -> str:
     return f"{len(columns)} columns ({columns[0]} .. {columns[-1]})"
 
 
-def _preview(items: list[str], n: int) -> str:
-    return ", ".join(items[:n]) + (f", ... ({len(items)})" if len(items) > n else "")
+def _preview(items: list[str], n: int, more: str = "more") -> str:
+    """The first n items and how many more: no ellipsis of its own, which a cut line would double."""
+    return ", ".join(items[:n]) + (f" and {len(items) - n} {more}" if len(items) > n else "")
 
 
 def _port(o: dict[str, Any]) -> str:

@@ -244,9 +244,30 @@ def build_elementwise(spec: CombinerSpec, heads: list[Head], b: Builder, source:
         combined = b.node("Max" if spec.kind == "max" else "Min", xs, spec.kind)
     if task == "classification":
         classes = check_same_classes(heads, source)
+        if spec.kind in RENORMALISED:
+            combined = renormalise(b, combined, dtype, len(classes))
         emit_classifier_outputs(b, combined, dtype, shape, classes)
     else:
         b.output(b.rename(combined, "prediction"), dtype, shape)
+
+
+RENORMALISED = ("sum", "max", "min")  # on classifiers: rows scaled to sum to 1, so they stay probabilities
+
+
+def renormalise(b: Builder, probabilities: str, dtype: int, classes: int) -> str:
+    """Each row divided by its sum (argmax, so `label`, unchanged); a row of zeros (min of confident
+    models that disagree) becomes uniform rather than 0/0."""
+    total = b.reduce("ReduceSum", probabilities, 1, 1, "row_sum")
+    scaled = b.node("Div", [probabilities, total], "renormalised")
+    positive = b.node("Greater", [total, b.const(np.array(0, NUMPY_TYPES[dtype]), "zero")], "row_sum_positive")
+    return b.node("Where", [positive, scaled, b.const(np.array(1 / classes, NUMPY_TYPES[dtype]), "uniform")],
+                  "renormalised_probabilities")
+
+
+def reference_renormalise(p: np.ndarray) -> np.ndarray:
+    total = p.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, p / total, p.dtype.type(1 / p.shape[1])).astype(p.dtype)
 
 
 def emit_classifier_outputs(b: Builder, probabilities: str, dtype: int, shape: Shape,
@@ -315,6 +336,8 @@ def reference_elementwise(spec: CombinerSpec, heads: list[Head], arrays: list[np
         out = np.maximum.reduce(xs) if spec.kind == "max" else np.minimum.reduce(xs)
     if heads[0].task == "classification":
         assert heads[0].classes is not None
+        if spec.kind in RENORMALISED:
+            out = reference_renormalise(out)
         return {"label": class_array(heads[0].classes)[np.argmax(out, axis=1)], "probabilities": out}
     return {"prediction": out}
 

@@ -513,7 +513,7 @@ def common_target(parts: list[Part], opset: int | None) -> Target:
         versions["ai.onnx.ml"] = common_ml_opset(parts)
     ir = max(p.model.ir_version for p in parts)
     # IR 3 wants every initializer listed as a graph input; the routing and combiner constants are not.
-    ir = max(ir, 4, _min_ir_for(versions))
+    ir = max(ir, 4, min_ir_for(versions))
     return Target(opsets=dict(sorted(versions.items())), ir_version=ir)
 
 
@@ -556,7 +556,7 @@ def ml_node_fits(node: NodeProto, version: int) -> bool:
     return {a.name for a in node.attribute} <= set(schema.attributes)
 
 
-def _min_ir_for(opsets: dict[str, int]) -> int:
+def min_ir_for(opsets: dict[str, int]) -> int:
     from onnx import helper
 
     try:

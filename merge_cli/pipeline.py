@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .combiners import Head, Prepared, reference
-from .errors import ExitCode, MergeError, bad_input
+from .errors import ExitCode, MergeError, bad_input, incompatible
 from .mapping import FeatureMapping, apply_overrides, load_mapping
 from .model_io import (
     LoadedModel,
@@ -27,7 +27,7 @@ from .model_io import (
     staging_dir,
     write_model,
 )
-from .normalize import Part, Target, align_heads, check_batches, common_target, convert_part, read_part
+from .normalize import Part, Target, align_heads, check_batches, common_target, convert_part, min_ir_for, read_part
 from .prepare import data_defaults, fit_combiner, part_rows, prepare_combiner, score_rows, verification_batches
 from .provenance import provenance, provenance_bytes, set_provenance
 from .request import MergeRequest
@@ -130,7 +130,10 @@ def build(request: MergeRequest, mapping: FeatureMapping, step: Stopwatch | None
                             f"{width} columns are too wide for more in memory")
         prepared, rows = prepare_combiner(mapping, request.data, request.target)
     with step("convert"):
-        target = convert_parts(parts, request.opset, mapping, prepared)
+        models_ir = max(p.model.ir_version for p in parts)
+        target = convert_parts(parts, request.opset, mapping, prepared, request.ir_version)
+        if target.ir_version > models_ir:
+            warnings.append(ir_raised(models_ir, target.ir_version, prepared))
     if mapping.combiner.kind == "stack":
         with step("fit"):
             prepared = fit_combiner(mapping, parts, prepared, rows)
@@ -176,7 +179,8 @@ def verify_built(merged: Path, built: Built) -> VerifyReport:
         raise
 
 
-def convert_parts(parts: list[Part], opset: int | None, mapping: FeatureMapping, prepared: Prepared) -> Target:
+def convert_parts(parts: list[Part], opset: int | None, mapping: FeatureMapping, prepared: Prepared,
+                  ir_version: int | None = None) -> Target:
     """Convert every part to the common opset and IR version, align the heads the combiner reads
     (class order, [N, 2] for binary, [N, 1] for regressors), then prefix its names with `<model>/`.
     A user's combiner graph (kind = "onnx") is converted and prefixed the same way."""
@@ -185,12 +189,43 @@ def convert_parts(parts: list[Part], opset: int | None, mapping: FeatureMapping,
     extra = prepared.parts()
     wanted = common_target(parts + extra, opset)
     target = replace(wanted, ir_version=min(wanted.ir_version, runtime_ir_cap(wanted.ir_version)))
+    if ir_version is not None:
+        target = replace(target, ir_version=capped_ir(ir_version, target))
     for part in parts + extra:
         convert_part(part, target)
     align_heads(parts, mapping.combiner.kind, target.opsets[""], mapping.source)
     for part in parts + extra:
         prefix_model(part.model, f"{part.name}/")
     return target
+
+
+def capped_ir(ir_version: int, target: Target) -> int:
+    """--ir-version N: the merged model's IR version, for a runtime older than the parts' files ask for.
+
+    Not below what the opsets need (onnx.helper.find_min_ir_version_for) nor 4 (routing constants
+    are not graph inputs), and not above what the installed onnx and onnxruntime load.
+    """
+    import onnx
+
+    from .runtime import runtime_ir_cap
+
+    floor = max(4, min_ir_for(target.opsets))
+    top = min(onnx.IR_VERSION, runtime_ir_cap(onnx.IR_VERSION))
+    if ir_version < floor:
+        raise incompatible(None, f"--ir-version {ir_version} is below IR {floor}, which opset "
+                                 f"{target.opsets.get('', '?')} needs", "lower --opset too, or raise --ir-version")
+    if ir_version > top:
+        raise incompatible(None, f"--ir-version {ir_version} is above what the installed onnx and onnxruntime "
+                                 f"load (IR {top})")
+    return ir_version
+
+
+def ir_raised(models_ir: int, merged_ir: int, prepared: Prepared) -> str:
+    """Why the merged model's IR version is above every model's, and how to cap it."""
+    combiner_ir = max((p.model.ir_version for p in prepared.parts()), default=0)
+    why = f"the onnx combiner declares IR {combiner_ir}" if combiner_ir > models_ir else "the opsets need it"
+    return (f"the merged model has IR version {merged_ir}, above the models' {models_ir} ({why}); "
+            f"an older onnxruntime may not load it: --ir-version {models_ir} caps it")
 
 
 def input_files(mapping: FeatureMapping, request: MergeRequest) -> list[Path]:

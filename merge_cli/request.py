@@ -43,6 +43,7 @@ class MergeRequest:
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
     opset: int | None = None
+    ir_version: int | None = None  # the merged model's IR version (default: the parts' highest, or what opsets need)
     external_data: bool = False
     data: Path | None = None  # real rows: verified on, scored, and a stack's data when the mapping gives none
     target: str | None = None  # the --data column of true values

@@ -32,6 +32,10 @@ def classification_scores(y: np.ndarray, probabilities: np.ndarray, predicted: n
     }
     if p.shape[1] == 2:
         scores["roc_auc"] = roc_auc(y == 1, p[:, 1])
+    elif p.shape[1] > 2:  # one-vs-rest, macro average: scikit-learn's roc_auc_score(multi_class="ovr")
+        per_class = [roc_auc(y == k, p[:, k]) for k in range(p.shape[1])]
+        known = [a for a in per_class if a is not None]
+        scores["roc_auc"] = float(np.mean(known)) if known else None
     return scores
 
 

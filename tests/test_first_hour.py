@@ -190,3 +190,174 @@ def test_shell_completion_offers_the_combiner_kinds() -> None:
                                                  "gate", "onnx"]
     env = {**env, "COMP_WORDS": "merge-models merge --combiner s"}
     assert console(env=env).stdout.split() == ["sum", "stack"]
+
+
+# ---------------------------------------------------------------------------- 5: sum, max, min on classifiers
+
+SURE = """
+<ir_version: 8, opset_import: ["" : 17]>
+sure (float[N, 1] x) => (float[N, 2] probabilities) {
+    big = Constant <value = float {1000.0}> ()
+    one = Constant <value = float {1.0}> ()
+    scaled = Mul (x, big)
+    s = Sigmoid (scaled)
+    r = Sub (one, s)
+    probabilities = Concat <axis = 1> (%s)
+}
+"""
+
+
+@pytest.mark.parametrize("kind", ["sum", "max", "min"])
+def test_sum_max_min_on_classifiers_give_probabilities(cli, tmp_path: Path, kind: str) -> None:
+    out = tmp_path / "m.onnx"
+    result = cli("merge", "--map", SAMPLES / "features.toml", "--out", out, "--combiner", kind, "--data", ROWS, "--json")
+    assert result.code == 0, result.stderr
+    X = rows(64, 30)
+    got = run_model(out, {"features": X})
+    a = run_model(SAMPLES / "model_a.onnx", {"X": X[:, :15]})["probabilities"]
+    b = run_model(SAMPLES / "model_b.onnx", {"X": X[:, 15:]})["probabilities"]
+    raw = {"sum": a + b, "max": np.maximum(a, b), "min": np.minimum(a, b)}[kind]
+    np.testing.assert_allclose(got["probabilities"], raw / raw.sum(axis=1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(got["probabilities"].sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(got["label"], np.argmax(raw, axis=1))
+    merged, *parts = reversed(result.json["scores"]["models"])
+    assert merged["log_loss"] > 0.1  # no longer "better than every part" by not being probabilities
+
+
+def test_min_of_classifiers_that_disagree_completely_is_uniform(cli, tmp_path: Path) -> None:
+    save_text_model(tmp_path / "yes.onnx", SURE % "s, r")
+    save_text_model(tmp_path / "no.onnx", SURE % "r, s")
+    write_mapping(tmp_path / "map.toml", {
+        "input": {"columns": ["x"]},
+        "models": {m: {"path": f"{m}.onnx", "columns": ["x"], "classes": [0, 1]} for m in ("yes", "no")},
+        "combiner": {"kind": "min"}})
+    result = cli("merge", "--map", tmp_path / "map.toml", "--out", tmp_path / "m.onnx")
+    assert result.code == 0, result.stderr  # verified against the numpy reference on 256 rows, most of them all-zero
+    got = run_model(tmp_path / "m.onnx", {"features": np.array([[1.0], [-1.0], [0.0]], np.float32)})
+    np.testing.assert_allclose(got["probabilities"], [[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])
+
+
+# ---------------------------------------------------------------------------- 10: wording
+
+NO_DEFAULT_OPSET = """
+<ir_version: 8, opset_import: ["ai.onnx.ml" : 1]>
+ml (float[N, 2] x) => (float[N, 1] y) {
+    y = ai.onnx.ml.LinearRegressor <coefficients = [1.0, 2.0], intercepts = [0.5]> (x)
+}
+"""
+ONE_WEIGHT = """
+<ir_version: 8, opset_import: ["" : 17]>
+lin (float[N, 2] x) => (float[N, 1] y) <float[2, 1] w = {1.0, -1.0}> {
+    y = MatMul (x, w)
+}
+"""
+
+
+def test_summary_and_inspect_wording(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    save_text_model(tmp_path / "ml.onnx", NO_DEFAULT_OPSET)
+    save_text_model(tmp_path / "lin.onnx", ONE_WEIGHT)
+    write_mapping(tmp_path / "map.toml", {"input": {"columns": ["p", "q"]}, "models": {
+        "ml": {"path": "ml.onnx", "columns": ["p", "q"]}, "lin": {"path": "lin.onnx", "columns": ["p", "q"]}}})
+    result = cli("merge", "--map", tmp_path / "map.toml", "--out", tmp_path / "m.onnx")
+    assert result.code == 0, result.stderr
+    assert "None" not in result.stdout and "(converted ml (no ai.onnx opset) -> 17)" in result.stdout
+    inspected = cli("inspect", tmp_path / "lin.onnx")
+    assert "1 initializer (8 B)" in inspected.stdout
+    merged = cli("inspect", tmp_path / "m.onnx")
+    assert merged.code == 0 and "..." not in merged.stdout and "…" not in merged.stdout
+    big = cli("inspect", SAMPLES / "batch" / "wine" / "a.onnx")
+    assert "..." not in big.stdout
+
+
+def test_multiclass_scores_have_a_one_vs_rest_roc_auc(cli, tmp_path: Path) -> None:
+    from sklearn.datasets import load_iris
+    from sklearn.metrics import roc_auc_score
+
+    iris = load_iris()
+    data = tmp_path / "iris.csv"
+    header = ",".join(iris.feature_names + ["target"])
+    data.write_text(header + "\n" + "\n".join(",".join(map(str, [*x, y])) for x, y in zip(iris.data, iris.target,
+                                                                                          strict=True)) + "\n")
+    out = tmp_path / "iris.onnx"
+    result = cli("merge", "--map", SAMPLES / "batch" / "iris" / "features.toml", "--out", out, "--data", data, "--json")
+    assert result.code == 0, result.stderr
+    merged = result.json["scores"]["models"][-1]
+    probabilities = run_model(out, {"features": iris.data.astype(np.float32)})["probabilities"]
+    expected = roc_auc_score(iris.target, probabilities, multi_class="ovr", average="macro")
+    assert merged["roc_auc"] == pytest.approx(expected, abs=1e-9)
+    human = cli("merge", "--map", SAMPLES / "batch" / "iris" / "features.toml", "--out", out, "--data", data)
+    merged_row = [line for line in human.stdout.splitlines() if line.startswith("merged")][0]
+    assert merged_row.split()[-1] == f"{expected:.4f}"
+
+
+# ---------------------------------------------------------------------------- 14: samples/predict.py
+
+
+def predict(*args: str | Path) -> str:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(SAMPLES / "predict.py"), *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_predict_prints_each_parts_accuracy_with_keep_outputs(cli, tmp_path: Path) -> None:
+    out = tmp_path / "kept.onnx"
+    merged = cli("merge", "--map", SAMPLES / "features.toml", "--out", out, "--keep-outputs", "--data", ROWS, "--json")
+    assert merged.code == 0, merged.stderr
+    accuracy = {m["model"]: m["accuracy"] for m in merged.json["scores"]["models"]}
+    last = predict(out, ROWS).splitlines()[-1]
+    assert last == (f"accuracy on 171 rows of {ROWS} (target target): merged {accuracy['merged']:.3f}, "
+                    f"a {accuracy['a']:.3f}, b {accuracy['b']:.3f}")
+
+
+def test_predict_on_a_regressor_with_the_target_first(cli, tmp_path: Path) -> None:
+    from sklearn.datasets import load_diabetes
+
+    diabetes = load_diabetes()
+    data = tmp_path / "diabetes.csv"
+    names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+    data.write_text("progression," + ",".join(names) + "\n" + "\n".join(
+        ",".join(map(str, [y, *x])) for x, y in zip(diabetes.data[:40], diabetes.target[:40], strict=True)) + "\n")
+    out = tmp_path / "d.onnx"
+    assert cli("merge", "--map", SAMPLES / "batch" / "diabetes" / "features.toml", "--out", out, "-q").code == 0
+    prediction = run_model(out, {"features": diabetes.data[:40].astype(np.float32)})["prediction"].reshape(40)
+    rmse = float(np.sqrt(np.mean((prediction - diabetes.target[:40]) ** 2)))
+    last = predict(out, data).splitlines()[-1]
+    assert last == f"RMSE on 40 rows of {data} (target progression): merged {rmse:.3f}"
+
+
+# ---------------------------------------------------------------------------- 16: the IR version
+
+
+def test_an_ir_raised_by_the_combiner_is_said_and_can_be_capped(cli, tmp_path: Path) -> None:
+    import onnx
+
+    save_text_model(tmp_path / "comb.onnx", """
+        <ir_version: 10, opset_import: ["" : 17]>
+        comb (float[N, 2] a, float[N, 2] b) => (float[N, 2] avg) { avg = Mean (a, b) }""")
+    doc = tomllib.loads((SAMPLES / "features.toml").read_text())
+    for m in doc["models"].values():
+        m["path"] = str(SAMPLES / m["path"])
+    doc["combiner"] = {"kind": "onnx", "path": "comb.onnx"}
+    write_mapping(tmp_path / "map.toml", doc)
+    raised = cli("merge", "--map", tmp_path / "map.toml", "--out", tmp_path / "m.onnx")
+    assert raised.code == 0, raised.stderr
+    assert onnx.load(tmp_path / "m.onnx").ir_version == 10
+    assert ("warning: the merged model has IR version 10, above the models' 8 (the onnx combiner declares IR 10); "
+            "an older onnxruntime may not load it: --ir-version 8 caps it") in raised.stderr
+    capped = cli("merge", "--map", tmp_path / "map.toml", "--out", tmp_path / "m8.onnx", "--ir-version", "8", "--json")
+    assert capped.code == 0, capped.stderr
+    assert capped.json["ir_version"] == 8 and capped.json["warnings"] == [] and capped.json["verification"]["passed"]
+    assert onnx.load(tmp_path / "m8.onnx").ir_version == 8
+    X = rows(16, 30)
+    a = run_model(SAMPLES / "model_a.onnx", {"X": X[:, :15]})["probabilities"]
+    b = run_model(SAMPLES / "model_b.onnx", {"X": X[:, 15:]})["probabilities"]
+    np.testing.assert_allclose(run_model(tmp_path / "m8.onnx", {"features": X})["avg"], (a + b) / 2, atol=1e-6)
+    too_low = cli("merge", "--map", tmp_path / "map.toml", "--out", tmp_path / "m3.onnx", "--ir-version", "3")
+    assert too_low.code == ExitCode.INCOMPATIBLE
+    assert too_low.error_lines == ["error: --ir-version 3 is below IR 8, which opset 17 needs"]
+    assert not (tmp_path / "m3.onnx").exists()
