@@ -99,9 +99,9 @@ DEFAULT_MAP = Path("features.toml")
 
 def _combiner_kinds(incomplete: str) -> list[str]:
     """What the shell completes after --combiner."""
-    from .mapping import COMBINERS
+    from .mapping import COMBINER_KINDS
 
-    return [kind for kind in COMBINERS if kind.startswith(incomplete)]
+    return [kind for kind in COMBINER_KINDS if kind.startswith(incomplete)]
 
 
 def _version(value: bool) -> None:
@@ -174,7 +174,8 @@ def merge(
         from .request import MergeRequest, weights_of
 
         request = MergeRequest(
-            _mapping_file(map_file), output_path(out), tuple(models or ()), combiner=combiner, weights=weights_of(weights, from_cli=True),
+            _mapping_file(map_file), output_path(out), tuple(models or ()), combiner=combiner,
+            weights=weights_of(weights, from_cli=True),
             keep_outputs=keep_outputs, verify=verify, rows=rows, atol=atol, rtol=rtol, opset=opset,
             ir_version=ir_version, external_data=external_data, data=data, target=target, from_cli=True,
         )
