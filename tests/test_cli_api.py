@@ -38,7 +38,7 @@ def test_options_are_the_command_lines(tmp_path: Path) -> None:
 def test_failures_raise_merge_error_with_the_exit_code(tmp_path: Path) -> None:
     with pytest.raises(MergeError) as caught:
         merge(SAMPLES / "features.toml", tmp_path / "missing" / "m.onnx", weights=[1.0])
-    assert caught.value.code == ExitCode.USAGE and caught.value.message == "weights has 1 values for 2 models"
+    assert caught.value.code == ExitCode.USAGE and caught.value.message == "weights has 1 value for 2 models"
     with pytest.raises(MergeError) as caught:
         merge(tmp_path / "nope.toml", tmp_path / "m.onnx")
     assert caught.value.code == ExitCode.BAD_INPUT
