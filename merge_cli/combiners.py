@@ -267,7 +267,8 @@ def renormalise(b: Builder, probabilities: str, dtype: int, classes: int) -> str
 def reference_renormalise(p: np.ndarray) -> np.ndarray:
     total = p.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, p / total, p.dtype.type(1 / p.shape[1])).astype(p.dtype)
+        scaled: np.ndarray = np.where(total > 0, p / total, p.dtype.type(1 / p.shape[1])).astype(p.dtype)
+    return scaled
 
 
 def emit_classifier_outputs(b: Builder, probabilities: str, dtype: int, shape: Shape,
