@@ -11,7 +11,7 @@ import io
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -57,15 +57,14 @@ def read_data(path: Path, inputs: Sequence[MergedInput], target: str | None = No
     if tensors and path.suffix.lower() != ".npz":
         raise bad_input(path, f"input {tensors[0]!r} is a tensor, which a table of columns cannot hold",
                         f"give a .npz file with an array {tensors[0]!r} (the batch first) per tensor input")
-    blob = read_file(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        features, values = read_npz(path, blob, inputs, target)
+        features, values = read_npz(path, read_file(path), inputs, target)
         data = Rows(path, MappingProxyType(features), values, target if values is not None else None)
     elif suffix == ".parquet":
-        data = _read_parquet(path, blob, inputs, target)
-    else:
-        data = _read_text(path, blob, inputs, target)
+        data = _read_parquet(path, read_file(path), inputs, target)
+    else:  # the bytes are the callee's alone: it lets them go once they are parsed
+        data = _read_text(path, read_file(path), inputs, target)
     if len(data) == 0:
         raise bad_input(path, "has no rows")
     if data.target is not None and len(data.target) != len(data):
@@ -263,28 +262,34 @@ def _read_text(path: Path, blob: bytes, inputs: Sequence[MergedInput], target: s
     plan = _plan(path, header, inputs, target)
     if not blob[start:start + 4096].strip() and not blob[start:].strip():
         raise bad_input(path, "has no rows")
-    cells = _arrow_csv(path, blob, start, plan)
-    if cells is None:
-        cells = _numpy_csv(path, blob, start, plan)
+    cells = _arrow_csv(path, blob, start, plan) or _numpy_csv(path, blob, start, plan)
+    del blob  # parsed: the file's bytes need not stay beside the arrays made of them
     return _assemble(path, plan, cells, target)
 
 
-def _assemble(path: Path, plan: _Plan, cells: Mapping[int, np.ndarray], target: str | None) -> Rows:
-    """Columns by header position -> each input's [N, k] array and the target."""
+Cells = Callable[[int], np.ndarray]  # header position -> that column's values (numbers or text)
+
+
+def _assemble(path: Path, plan: _Plan, cells: Cells, target: str | None) -> Rows:
+    """Columns by header position -> each input's [N, k] array (filled a column at a time, so only one
+    column's conversion is held beside the result) and the target."""
     inputs = {}
     for name, positions in plan.columns.items():
-        if name in plan.text:
-            inputs[name] = np.stack([cells[i].astype(object) for i in positions], axis=1) if positions else \
-                np.empty((0, 0), object)
-        else:
-            inputs[name] = np.stack([cells[i] for i in positions], axis=1).astype(np.float64, copy=False)
+        text = name in plan.text
+        out = None
+        for k, i in enumerate(positions):
+            column = cells(i)
+            if out is None:
+                out = np.empty((len(column), len(positions)), dtype=object if text else np.float64)
+            out[:, k] = column
+        inputs[name] = out if out is not None else np.empty((0, 0))
     values = None
     if plan.target is not None and target is not None:
-        values = _target_values(path, target, cells[plan.target])
+        values = _target_values(path, target, cells(plan.target))
     return Rows(path, MappingProxyType(inputs), values, target if values is not None else None)
 
 
-def _numpy_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> dict[int, np.ndarray]:
+def _numpy_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> Cells:
     """numpy.loadtxt's C parser: every column as float64 in one pass (the common case: all numbers);
     failing that, the used columns as text, converted column by column; failing that, _careful_csv."""
     options: dict[str, Any] = {"delimiter": _delimiter(path), "comments": None, "quotechar": '"', "ndmin": 2,
@@ -294,7 +299,7 @@ def _numpy_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> dict[int, np
         try:
             table = np.loadtxt(_at(blob, start), dtype=np.float64, **options)
             if table.shape[1] == width:
-                return {i: table[:, i] for i in plan.used}
+                return lambda i: table[:, i]
         except ValueError:
             pass
     if _widths_agree(np.frombuffer(blob, dtype=np.uint8, offset=start), width, options["delimiter"]):
@@ -305,10 +310,10 @@ def _numpy_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> dict[int, np
             if numeric:
                 numbers = _number_columns(np.stack([out[i] for i in numeric], axis=1))
                 out |= {i: numbers[:, k] for k, i in enumerate(numeric)}
-            return out
+            return out.__getitem__
         except (ValueError, MemoryError):
             pass
-    return _careful_csv(path, blob[start:], plan)
+    return _careful_csv(path, blob[start:], plan).__getitem__
 
 
 def _at(blob: bytes, start: int) -> io.BytesIO:
@@ -388,7 +393,7 @@ def _arrow() -> Any:
     return pyarrow
 
 
-def _arrow_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> dict[int, np.ndarray] | None:
+def _arrow_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> Cells | None:
     """pyarrow.csv on the used columns (None without pyarrow or on any error: numpy re-reads and explains)."""
     pa = _arrow()
     if pa is None:
@@ -406,7 +411,7 @@ def _arrow_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> dict[int, np
                                                   true_values=[], false_values=[]))  # True/False: labels
     except (pa.ArrowException, ValueError, OverflowError):
         return None
-    return {i: _arrow_column(table.column(names[i]), text=_text_column(plan, i)) for i in plan.used}
+    return lambda i: _arrow_column(table.column(names[i]), text=_text_column(plan, i))
 
 
 def _arrow_column(column: Any, text: bool) -> np.ndarray:
@@ -441,12 +446,11 @@ def _read_parquet(path: Path, blob: bytes, inputs: Sequence[MergedInput], target
         table = parquet.read(columns=[header[i] for i in plan.used])
     except (pa.ArrowException, OSError, ValueError) as e:
         raise bad_input(path, f"cannot read Parquet: {first_line(e)}") from None
-    cells = {}
-    for k, i in enumerate(plan.used):
-        column = table.column(k)
+    del blob
+    for i in plan.used:
+        kind = table.column(header[i]).type
         if not _text_column(plan, i) and i != plan.target and not (
-                pa.types.is_floating(column.type) or pa.types.is_integer(column.type) or pa.types.is_boolean(column.type)
-                or pa.types.is_null(column.type)):
-            raise bad_input(path, f"column {header[i]!r} has type {column.type}; numbers are needed")
-        cells[i] = _arrow_column(column, text=_text_column(plan, i))
-    return _assemble(path, plan, cells, target)
+                pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)
+                or pa.types.is_null(kind)):
+            raise bad_input(path, f"column {header[i]!r} has type {kind}; numbers are needed")
+    return _assemble(path, plan, lambda i: _arrow_column(table.column(header[i]), text=_text_column(plan, i)), target)
