@@ -180,7 +180,8 @@ def open_session(source: Path | bytes, on_error: Callable[[str], MergeError],
         raise on_error(first_line(e)) from None
 
 
-def file_session(path: Path, on_error: Callable[[str], MergeError]) -> onnxruntime.InferenceSession:
+def file_session(path: Path, on_error: Callable[[str], MergeError],
+                 weight_bytes: int | None = None) -> onnxruntime.InferenceSession:
     """A session on the model file at `path` whose large weights onnxruntime memory-maps from the file.
 
     onnxruntime given a path parses the whole file into protobuf, then copies every weight again into
@@ -188,17 +189,25 @@ def file_session(path: Path, on_error: Callable[[str], MergeError]) -> onnxrunti
     to MB, cut out of the file at the wire level, see wire.read_located_skeleton) with each large weight
     marked as external data at its own offset in the same file, so every byte it computes with is
     still the file's own. Either way it gets bytes, not the path, so that what would crash it is
-    refused first (refuse_crashing_trees).
+    refused first (refuse_crashing_trees). `weight_bytes`: the model's weights with its external data
+    files (default: the file's size and its `<name>.data`), which decide how many threads it gets.
     """
     from .wire import WireError, read_located_skeleton
 
     try:
         small = path.stat().st_size <= MAPPED_FROM
         skeleton = path.read_bytes() if small else read_located_skeleton(path)
+        weights = weight_bytes if weight_bytes is not None else stored_bytes(path)
     except (OSError, WireError) as e:
         raise on_error(f"cannot read it: {e}") from None
-    threads = 1 if small else os.cpu_count() or 1
+    threads = 1 if weights <= MAPPED_FROM else os.cpu_count() or 1
     return open_session(skeleton, on_error, checking_options(Path(os.path.abspath(path)).parent, threads))
+
+
+def stored_bytes(path: Path) -> int:
+    """A model file's size plus that of the external data file merge-models writes beside it."""
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 # Files up to this size are given to onnxruntime whole: copying their few weights costs less than
@@ -392,7 +401,7 @@ def part_session(part: Part) -> onnxruntime.InferenceSession:
 
     if part.unzipped is not None:
         return proto_session(part.unzipped, part.source.refs, Path(os.path.abspath(path)).parent, refuse)
-    return file_session(path, refuse)
+    return file_session(path, refuse, part.source.size)
 
 
 def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray) -> dict[str, np.ndarray]:
