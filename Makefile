@@ -19,8 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP) ## create/refresh the virtualenv in .venv with the package and its test tools
 
 demo: install ## merge the two sample models, verify, score them on held-out rows, run the merged model
-	@mkdir -p build
-	$(BIN)/merge-models merge --map samples/features.toml --out build/merged.onnx --data samples/rows.csv
+	$(BIN)/merge-models merge --map samples/features.toml --out build/merged.onnx --data samples/rows.csv --keep-outputs
 	$(BIN)/python samples/predict.py build/merged.onnx samples/rows.csv
 
 test: install ## run the whole test suite

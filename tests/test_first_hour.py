@@ -271,22 +271,25 @@ def test_summary_and_inspect_wording(cli, tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_multiclass_scores_have_a_one_vs_rest_roc_auc(cli, tmp_path: Path) -> None:
-    from sklearn.datasets import load_iris
-    from sklearn.metrics import roc_auc_score
-
-    iris = load_iris()
+    iris = SAMPLES / "batch" / "iris"
+    columns = tomllib.loads((iris / "features.toml").read_text())["input"]["columns"]
+    X = np.abs(rows(60, 4, seed=3)) * [2.0, 1.0, 2.5, 0.8] + [5.0, 3.0, 1.0, 0.1]
+    y = np.random.default_rng(3).integers(0, 3, 60)
     data = tmp_path / "iris.csv"
-    header = ",".join(iris.feature_names + ["target"])
-    data.write_text(header + "\n" + "\n".join(",".join(map(str, [*x, y])) for x, y in zip(iris.data, iris.target,
-                                                                                          strict=True)) + "\n")
+    data.write_text(",".join(columns + ["target"]) + "\n" + "\n".join(
+        ",".join(map(str, [*x, t])) for x, t in zip(X, y, strict=True)) + "\n")
     out = tmp_path / "iris.onnx"
-    result = cli("merge", "--map", SAMPLES / "batch" / "iris" / "features.toml", "--out", out, "--data", data, "--json")
+    result = cli("merge", "--map", iris / "features.toml", "--out", out, "--data", data, "--json")
     assert result.code == 0, result.stderr
-    merged = result.json["scores"]["models"][-1]
-    probabilities = run_model(out, {"features": iris.data.astype(np.float32)})["probabilities"]
-    expected = roc_auc_score(iris.target, probabilities, multi_class="ovr", average="macro")
-    assert merged["roc_auc"] == pytest.approx(expected, abs=1e-9)
-    human = cli("merge", "--map", SAMPLES / "batch" / "iris" / "features.toml", "--out", out, "--data", data)
+    p = run_model(out, {"features": X.astype(np.float32)})["probabilities"].astype(np.float64)
+
+    def pairwise_auc(positive: np.ndarray, score: np.ndarray) -> float:  # the definition, pair by pair
+        pos, neg = score[positive], score[~positive]
+        return float(np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])))
+
+    expected = np.mean([pairwise_auc(y == k, p[:, k]) for k in range(3)])
+    assert result.json["scores"]["models"][-1]["roc_auc"] == pytest.approx(expected, abs=1e-9)
+    human = cli("merge", "--map", iris / "features.toml", "--out", out, "--data", data)
     merged_row = [line for line in human.stdout.splitlines() if line.startswith("merged")][0]
     assert merged_row.split()[-1] == f"{expected:.4f}"
 
@@ -315,17 +318,16 @@ def test_predict_prints_each_parts_accuracy_with_keep_outputs(cli, tmp_path: Pat
 
 
 def test_predict_on_a_regressor_with_the_target_first(cli, tmp_path: Path) -> None:
-    from sklearn.datasets import load_diabetes
-
-    diabetes = load_diabetes()
+    X = rows(40, 10, seed=5) * 0.05
+    target = np.random.default_rng(5).uniform(25, 346, 40)
     data = tmp_path / "diabetes.csv"
     names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
     data.write_text("progression," + ",".join(names) + "\n" + "\n".join(
-        ",".join(map(str, [y, *x])) for x, y in zip(diabetes.data[:40], diabetes.target[:40], strict=True)) + "\n")
+        ",".join(map(str, [t, *x])) for x, t in zip(X, target, strict=True)) + "\n")
     out = tmp_path / "d.onnx"
     assert cli("merge", "--map", SAMPLES / "batch" / "diabetes" / "features.toml", "--out", out, "-q").code == 0
-    prediction = run_model(out, {"features": diabetes.data[:40].astype(np.float32)})["prediction"].reshape(40)
-    rmse = float(np.sqrt(np.mean((prediction - diabetes.target[:40]) ** 2)))
+    prediction = run_model(out, {"features": X.astype(np.float32)})["prediction"].reshape(40)
+    rmse = float(np.sqrt(np.mean((prediction - target) ** 2)))
     last = predict(out, data).splitlines()[-1]
     assert last == f"RMSE on 40 rows of {data} (target progression): merged {rmse:.3f}"
 
