@@ -203,3 +203,23 @@ def test_the_ci_example_installs_from_the_repository_or_a_wheel() -> None:
     installs = re.findall(r"pip install (\S+)", ci)
     assert installs and all(target.startswith(("./", "dist/", "tools/")) for target in installs), installs
     assert "make dist" in ci and re.search(r"^dist: ", (ROOT / "Makefile").read_text(), re.M)
+
+
+def test_every_option_the_pages_name_exists() -> None:
+    """Options named in prose and tables (`--map`, `--ir-version N`) are options of some command."""
+    import typer
+
+    from merge_cli.cli import app
+
+    root = typer.main.get_command(app)
+    known = {"--help", "--install-completion", "--show-completion"}
+    for command in [root, *getattr(root, "commands", {}).values()]:
+        for param in command.params:
+            known |= {*param.opts, *param.secondary_opts}
+    other_tools = {"--torch": ROOT / "tests" / "make_fixtures.py"}  # an option of a script, not of merge-models
+    for page in PAGES:
+        text = page.read_text()
+        for span in re.findall(r"`([^`\n]+)`", text) + [b.body for b in blocks(page) if b.lang in ("sh", "console")]:
+            for option in re.findall(r"(?<![\w-])--[a-z][a-z-]*", span):
+                assert option in known or (option in other_tools and option in other_tools[option].read_text()), (
+                    page.name, option, span)
