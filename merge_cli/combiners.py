@@ -3,33 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .builder import Builder, CombinerGraph
 from .errors import bad_input, incompatible
-from .mapping import CombinerSpec, FeatureMapping, ModelSpec
-from .normalize import (
+from .graphs import (
     DOUBLE,
     FLOAT,
     INT64,
     NUMPY_OF_TYPE,
     STRING,
-    Part,
     Shape,
     TensorInfo,
-    checked_model,
     default_opset,
     fed_inputs,
     graph_names,
     tensor_info,
 )
+from .mapping import CombinerSpec, FeatureMapping, ModelSpec
+from .parts import Part, checked_model
 from .stacking import EPS, StackModel, mean_of
 
 if TYPE_CHECKING:
-    from onnx import FunctionProto, NodeProto, SparseTensorProto, TensorProto, ValueInfoProto
 
     from .model_io import LoadedModel
 
@@ -58,7 +57,7 @@ class Head:
                     part.spec.weight, part.task, part.classes, part.spec.columns)
 
 
-@dataclass
+@dataclass(frozen=True)
 class UserGraph:
     """The user's own combiner (kind = "onnx"), held as a part so it is converted and prefixed like one."""
 
@@ -77,81 +76,16 @@ class Prepared:
         """The user's combiner graph as a part: converted to the common opset and prefixed like one."""
         return [self.graph.part] if self.graph else []
 
+    def with_parts(self, parts: list[Part]) -> Prepared:
+        """The same, its user graph replaced by `parts` (the graph converted and prefixed)."""
+        if self.graph is None:
+            return self
+        (part,) = parts
+        return replace(self, graph=replace(self.graph, part=part))
+
     def sources(self) -> list[LoadedModel]:
         """Files whose weights the merged model copies (by reference) besides the models'."""
         return [p.source for p in self.parts()]
-
-
-@dataclass
-class CombinerGraph:
-    """What a combiner adds to the merged graph."""
-
-    nodes: list[NodeProto] = field(default_factory=list)
-    initializers: list[TensorProto] = field(default_factory=list)
-    outputs: list[ValueInfoProto] = field(default_factory=list)
-    value_info: list[ValueInfoProto] = field(default_factory=list)
-    sparse_initializers: list[SparseTensorProto] = field(default_factory=list)
-    functions: list[FunctionProto] = field(default_factory=list)
-    routes_read: str | None = None  # the tensor the routes (Slice, Gather, Transpose) read instead of the merged input (gate)
-
-
-class Builder:
-    """Adds nodes with fresh names; `fresh` comes from the spliced graph so nothing collides."""
-
-    def __init__(self, fresh: Callable[[str], str], opset: int, input_name: str = "features",
-                 input_type: int = FLOAT, input_width: int = 0, source: Source = None) -> None:
-        self.fresh = fresh
-        self.source = source  # the mapping file, named by errors about names it chose
-        self.opset = opset
-        self.input_name = input_name  # the merged input [N, F], for passthrough columns and gate
-        self.input_type = input_type
-        self.input_width = input_width  # F
-        self.graph = CombinerGraph()
-
-    def node(self, op: str, inputs: list[str], base: str, domain: str = "", **attrs: Any) -> str:
-        from onnx import helper
-
-        out = self.fresh(base)
-        self.graph.nodes.append(helper.make_node(op, inputs, [out], name=self.fresh(f"combine.{base}"),
-                                                 domain=domain, **attrs))
-        return out
-
-    def const(self, array: np.ndarray, base: str) -> str:
-        from onnx import numpy_helper
-
-        name = self.fresh(base)
-        self.graph.initializers.append(numpy_helper.from_array(array, name))
-        return name
-
-    def output(self, name: str, elem_type: int, shape: Shape) -> None:
-        from onnx import helper
-
-        dims = None if shape is None else ["N" if i == 0 else d for i, d in enumerate(shape)]
-        self.graph.outputs.append(helper.make_tensor_value_info(name, elem_type, dims))
-
-    def rename(self, tensor: str, wanted: str) -> str:
-        """Give a computed tensor its public output name with an Identity."""
-        from onnx import helper
-
-        if self.fresh(wanted) != wanted:
-            raise incompatible(self.source, f"the merged output name {wanted!r} is already used by the merged input",
-                               f"rename [input].name to something other than {wanted!r}")
-        self.graph.nodes.append(helper.make_node("Identity", [tensor], [wanted], name=self.fresh(f"output.{wanted}")))
-        return wanted
-
-    def reduce(self, op: str, x: str, axis: int, keepdims: int, base: str) -> str:
-        """ReduceSum/ReduceMax over one axis: axes became an input in opset 13 (Sum) and 18 (the others)."""
-        if self.opset >= (13 if op == "ReduceSum" else 18):
-            return self.node(op, [x, self.const(np.array([axis], np.int64), "axes")], base, keepdims=keepdims)
-        return self.node(op, [x], base, axes=[axis], keepdims=keepdims)
-
-    def unsqueeze(self, x: str, axes: list[int], base: str) -> str:
-        if self.opset >= 13:
-            return self.node("Unsqueeze", [x, self.const(np.array(axes, np.int64), "axes")], base)
-        return self.node("Unsqueeze", [x], base, axes=axes)
-
-    def reshape(self, x: str, shape: list[int], base: str) -> str:
-        return self.node("Reshape", [x, self.const(np.array(shape, np.int64), "shape")], base)
 
 
 # ---------------------------------------------------------------------------- shared checks

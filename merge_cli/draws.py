@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .graphs import all_nodes
 from .inputs import TableInput
-from .normalize import all_nodes
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto

@@ -1,6 +1,6 @@
 """Describe one model as a merge would see it: inputs, outputs, opsets, size, task and the combiner's input.
 
-The model is read exactly as `merge` reads it (model_io.load_model, then normalize.read_part with a
+The model is read exactly as `merge` reads it (model_io.load_model, then parts.read_part with a
 throwaway ModelSpec), so weights are not parsed and what is shown is what a merge would do.
 """
 
@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ExitCode, MergeError
+from .graphs import TensorInfo, fed_inputs, tensor_info
 from .mapping import MODEL_NAME, ModelSpec, Route
 from .model_io import LoadedModel, load_model
-from .normalize import Part, TensorInfo, fed_inputs, read_part, tensor_info
+from .parts import Part, read_part
 from .wire import ref_of
 
 if TYPE_CHECKING:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .combiners import Head, Prepared, reference
-from .errors import ExitCode, MergeError, bad_input, incompatible
+from .convert import Target, capped_ir, common_target, convert_part, needs_legacy_trees
+from .errors import ExitCode, MergeError, bad_input
+from .heads import align_heads
 from .mapping import FeatureMapping, apply_overrides, load_mapping
 from .model_io import (
     LoadedModel,
@@ -27,13 +29,14 @@ from .model_io import (
     staging_dir,
     write_model,
 )
-from .normalize import Part, Target, align_heads, check_batches, common_target, convert_part, min_ir_for, read_part
+from .parts import Part, check_batches, read_part
 from .prepare import data_defaults, fit_combiner, part_rows, prepare_combiner, score_rows, verification_batches
 from .provenance import provenance, provenance_bytes, set_provenance
 from .request import MergeRequest
 from .result import MergeResult, ModelReport, output_entry
 from .runtime import VerifyReport, observe_outputs, random_rows, rows_for_width, verify
-from .splice import merged_model, prefix_model
+from .splice import merged_model, prefixed
+from .trees import legacy_tree_ensembles
 from .wire import Refs, payload_bytes
 
 if TYPE_CHECKING:
@@ -131,9 +134,10 @@ def build(request: MergeRequest, mapping: FeatureMapping, step: Stopwatch | None
         prepared, rows = prepare_combiner(mapping, request.data, request.target)
     with step("convert"):
         models_ir = max(p.model.ir_version for p in parts)
-        target = convert_parts(parts, request.opset, mapping, prepared, request.ir_version)
-        if target.ir_version > models_ir:
-            warnings.append(ir_raised(models_ir, target.ir_version, prepared))
+        converted = convert_parts(parts, request.opset, mapping, prepared, request.ir_version)
+    parts, target, prepared = list(converted.parts), converted.target, converted.prepared
+    if target.ir_version > models_ir:
+        warnings.append(ir_raised(models_ir, target.ir_version, prepared))
     if mapping.combiner.kind == "stack":
         with step("fit"):
             prepared = fit_combiner(mapping, parts, prepared, rows)
@@ -179,45 +183,33 @@ def verify_built(merged: Path, built: Built) -> VerifyReport:
         raise
 
 
+@dataclass(frozen=True)
+class Converted:
+    """The parts at one target (opsets, IR version), their heads aligned, their names under `<model>/`."""
+
+    parts: tuple[Part, ...]
+    target: Target
+    prepared: Prepared  # the user's combiner graph converted and prefixed the same way
+
+
 def convert_parts(parts: list[Part], opset: int | None, mapping: FeatureMapping, prepared: Prepared,
-                  ir_version: int | None = None) -> Target:
+                  ir_version: int | None = None) -> Converted:
     """Convert every part to the common opset and IR version, align the heads the combiner reads
     (class order, [N, 2] for binary, [N, 1] for regressors), then prefix its names with `<model>/`.
     A user's combiner graph (kind = "onnx") is converted and prefixed the same way."""
     from .runtime import runtime_ir_cap  # looked up per call: tests lower the cap
 
-    extra = prepared.parts()
-    wanted = common_target(parts + extra, opset)
+    every = parts + prepared.parts()
+    if needs_legacy_trees(every):
+        every = [legacy_tree_ensembles(p) for p in every]
+    wanted = common_target(every, opset)
     target = replace(wanted, ir_version=min(wanted.ir_version, runtime_ir_cap(wanted.ir_version)))
     if ir_version is not None:
         target = replace(target, ir_version=capped_ir(ir_version, target))
-    for part in parts + extra:
-        convert_part(part, target)
-    align_heads(parts, mapping.combiner.kind, target.opsets[""], mapping.source)
-    for part in parts + extra:
-        prefix_model(part.model, f"{part.name}/")
-    return target
-
-
-def capped_ir(ir_version: int, target: Target) -> int:
-    """--ir-version N: the merged model's IR version, for a runtime older than the parts' files ask for.
-
-    Not below what the opsets need (onnx.helper.find_min_ir_version_for) nor 4 (routing constants
-    are not graph inputs), and not above what the installed onnx and onnxruntime load.
-    """
-    import onnx
-
-    from .runtime import runtime_ir_cap
-
-    floor = max(4, min_ir_for(target.opsets))
-    top = min(onnx.IR_VERSION, runtime_ir_cap(onnx.IR_VERSION))
-    if ir_version < floor:
-        raise incompatible(None, f"--ir-version {ir_version} is below IR {floor}, which opset "
-                                 f"{target.opsets.get('', '?')} needs", "lower --opset too, or raise --ir-version")
-    if ir_version > top:
-        raise incompatible(None, f"--ir-version {ir_version} is above what the installed onnx and onnxruntime "
-                                 f"load (IR {top})")
-    return ir_version
+    every = [convert_part(p, target) for p in every]
+    aligned = align_heads(every[:len(parts)], mapping.combiner.kind, target.opsets[""], mapping.source)
+    every = [prefixed(p) for p in aligned + every[len(parts):]]
+    return Converted(tuple(every[:len(parts)]), target, prepared.with_parts(every[len(parts):]))
 
 
 def ir_raised(models_ir: int, merged_ir: int, prepared: Prepared) -> str:

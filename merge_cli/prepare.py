@@ -13,7 +13,7 @@ from .combiners import Head, Prepared, gate_rows, read_user_graph, stack_task
 from .data import Rows, read_data, resolve_target
 from .errors import bad_input
 from .mapping import FeatureMapping
-from .normalize import Part
+from .parts import Part
 from .scores import Predictions, ScoreTable, class_indices, score_table
 
 if TYPE_CHECKING:

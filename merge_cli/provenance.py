@@ -20,7 +20,7 @@ from .mapping import FeatureMapping, canonical, canonical_json, parse_mapping
 if TYPE_CHECKING:
     from onnx import ModelProto
 
-    from .normalize import Part
+    from .parts import Part
 
 MAPPING_KEY = "merge_models.mapping"
 SOURCES_KEY = "merge_models.sources"

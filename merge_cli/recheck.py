@@ -16,9 +16,9 @@ from typing import Any
 
 from . import __version__
 from .errors import ExitCode, MergeError, bad_input, usage
+from .graphs import default_opset
 from .mapping import FeatureMapping
 from .model_io import load_model, sha256_file
-from .normalize import default_opset
 from .pipeline import Stopwatch, build, verify_built
 from .provenance import VERSION_KEY, recorded_mapping, recorded_sources
 from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, MergeRequest

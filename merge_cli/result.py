@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from onnx import ValueInfoProto
 
-    from .normalize import Part, Target
+    from .convert import Target
+    from .parts import Part
     from .runtime import VerifyReport
     from .scores import ScoreTable
 
@@ -82,7 +83,7 @@ def output_entry(vi: ValueInfoProto) -> dict[str, Any]:
     """A merged output as --json shows it: name, element type, shape ("?" for an unknown dimension)."""
     from onnx import TensorProto
 
-    from .normalize import tensor_info
+    from .graphs import tensor_info
 
     info = tensor_info(vi)
     if info is None:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ExitCode, MergeError, bad_input, first_line
-from .normalize import NUMPY_OF_TYPE, PROBE_ROWS, Observed, Part, all_nodes
+from .graphs import NUMPY_OF_TYPE, all_nodes
+from .parts import PROBE_ROWS, Observed, Part
 
 if TYPE_CHECKING:
     import onnxruntime

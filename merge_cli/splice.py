@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
 from .combiners import Head, Prepared, build_combiner
+from .convert import Target
 from .errors import incompatible
+from .graphs import DOUBLE, FLOAT, TensorInfo, copied, graph_names, is_default_domain, subgraphs
 from .mapping import FeatureMapping
 from .naming import unique_name
-from .normalize import DOUBLE, FLOAT, Part, Target, TensorInfo, graph_names, subgraphs
+from .parts import Part
 
 if TYPE_CHECKING:
     from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
@@ -40,6 +42,13 @@ class Spliced:
 
 
 # ---------------------------------------------------------------------------- prefixing
+
+
+def prefixed(part: Part) -> Part:
+    """The part with every name in (a copy of) its graph under `<model>/`."""
+    model = copied(part.model)
+    prefix_model(model, f"{part.name}/")
+    return replace(part, model=model)
 
 
 def prefix_model(model: ModelProto, prefix: str) -> None:
@@ -111,7 +120,7 @@ def splice(parts: list[Part], mapping: FeatureMapping) -> Spliced:
     batch = next((p.batch for p in parts if p.batch is not None), "N")
     shared = helper.make_tensor_value_info(spec.name, dtype, [batch, len(spec.columns)])
     out = Spliced(input=shared, names={spec.name})
-    opset = next((e.version for p in parts for e in p.model.opset_import if e.domain in ("", "ai.onnx")), 1)
+    opset = next((e.version for p in parts for e in p.model.opset_import if is_default_domain(e.domain)), 1)
     for part in parts:
         out.names.update(graph_names(part.model.graph))
     for part in parts:

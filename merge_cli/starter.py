@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import bad_input, cannot_write, incompatible
+from .graphs import DOUBLE, SCORE_TYPES
 from .inspection import ModelInfo, describe, input_width, model_name
 from .mapping import COMBINER_KINDS, parse_mapping
 from .model_io import check_output_path, make_folders
 from .naming import unique_name
-from .normalize import DOUBLE, SCORE_TYPES
 from .splice import ROUTABLE_TYPES, match_routes
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

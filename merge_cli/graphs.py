@@ -1,0 +1,118 @@
+"""What merge-models reads off ONNX protos: element types, tensor shapes, opsets, nodes at every depth, names in use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from onnx import GraphProto, ModelProto, NodeProto, ValueInfoProto
+
+Dim = int | str | None
+Shape = tuple[Dim, ...] | None  # None: rank unknown
+Classes = tuple[int, ...] | tuple[str, ...]
+
+# onnx TensorProto.DataType values used by name here (onnx itself is imported only where it is needed)
+FLOAT, INT32, INT64, STRING, DOUBLE = 1, 6, 7, 8, 11
+LABEL_TYPES = (INT64, INT32, STRING)
+SCORE_TYPES = (FLOAT, DOUBLE, 10, 16)  # float, double, float16, bfloat16
+NUMPY_OF_TYPE = {FLOAT: np.float32, DOUBLE: np.float64, 10: np.float16, INT32: np.int32, INT64: np.int64,
+                 9: np.bool_, STRING: np.object_}
+DEFAULT_OPSET = 17  # for parts that declare no default-domain opset at all (e.g. XGBoost via onnxmltools)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    elem_type: int
+    shape: Shape
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    @property
+    def width(self) -> int | None:
+        """The last dimension of a rank-2 tensor, 1 for a rank-1 tensor (one value per row)."""
+        if self.shape is None:
+            return None
+        if len(self.shape) == 1:
+            return 1
+        last = self.shape[-1]
+        return last if isinstance(last, int) else None
+
+
+def tensor_info(vi: ValueInfoProto) -> TensorInfo | None:
+    """Name, element type and shape of a tensor ValueInfo; None for sequences, maps and the like."""
+    if vi.type.WhichOneof("value") != "tensor_type":
+        return None
+    tt = vi.type.tensor_type
+    shape: Shape = None
+    if tt.HasField("shape"):
+        dims: list[Dim] = []
+        for d in tt.shape.dim:
+            kind = d.WhichOneof("value")
+            if kind == "dim_value":
+                dims.append(d.dim_value)
+            elif kind == "dim_param" and not d.dim_param.startswith("unk__"):  # shape inference's made-up names
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return TensorInfo(vi.name, tt.elem_type, shape)
+
+
+def is_default_domain(domain: str) -> bool:
+    """The default operator set is spelled "" or "ai.onnx"."""
+    return domain in ("", "ai.onnx")
+
+
+def default_opset(model: ModelProto) -> int | None:
+    return next((e.version for e in model.opset_import if e.domain == ""), None)
+
+
+def copied(model: ModelProto) -> ModelProto:
+    """A deep copy: stages change their own copy, never the model they were given."""
+    copy = type(model)()
+    copy.CopyFrom(model)
+    return copy
+
+
+def fed_inputs(graph: GraphProto) -> list[ValueInfoProto]:
+    """The graph inputs a caller feeds: not those that name an initializer (IR 3 lists every one as an input)."""
+    initializers = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    return [vi for vi in graph.input if vi.name not in initializers]
+
+
+def subgraphs(node: NodeProto) -> list[GraphProto]:
+    """The graphs a node holds in its attributes (If's branches, Loop's and Scan's bodies)."""
+    return [g for attr in node.attribute for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)]
+
+
+def all_nodes(graph: GraphProto) -> list[NodeProto]:
+    """Every node of the graph and of its subgraphs, at any depth (each followed by its subgraphs' nodes)."""
+    out = []
+    for node in graph.node:
+        out.append(node)
+        for g in subgraphs(node):
+            out.extend(all_nodes(g))
+    return out
+
+
+def graph_names(graph: GraphProto) -> set[str]:
+    """Every name the graph uses, at every scope: values, initializers, and nodes' inputs, outputs and names.
+
+    A fresh name must avoid all of them: a subgraph's name may not shadow one of an outer scope either.
+    """
+    names = {vi.name for vi in (*graph.input, *graph.output, *graph.value_info)}
+    names |= {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        names.add(node.name)
+        for g in subgraphs(node):
+            names |= graph_names(g)
+    names.discard("")
+    return names
