@@ -163,7 +163,7 @@ def test_a_30000_node_ml5_tree_is_rewritten_in_linear_time(tmp_path: Path) -> No
     made that quadratic (30,000 nodes: 87 s). Twice the nodes must take about twice the time."""
     from onnx import helper, numpy_helper
 
-    from merge_cli.normalize import _regressor_attributes
+    from merge_cli.trees import _regressor_attributes
 
     def rewrite(branches: int) -> float:
         node = ml5_tree(branches).graph.node[0]
@@ -179,8 +179,8 @@ def test_a_30000_node_ml5_tree_is_rewritten_in_linear_time(tmp_path: Path) -> No
 
 def test_twenty_thousand_model_inputs_are_matched_in_linear_time(tmp_path: Path) -> None:
     """match_routes rebuilt the set of fed inputs once per input: 20,000 inputs were quadratic."""
+    from merge_cli.graphs import TensorInfo
     from merge_cli.mapping import parse_mapping
-    from merge_cli.normalize import TensorInfo
     from merge_cli.splice import match_routes
 
     def match(n: int) -> float:
