@@ -302,7 +302,7 @@ def _numpy_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> Cells:
                 return lambda i: table[:, i]
         except ValueError:
             pass
-    if _widths_agree(np.frombuffer(blob, dtype=np.uint8, offset=start), width, options["delimiter"]):
+    if _text_pass_fits(np.frombuffer(blob, dtype=np.uint8, offset=start), width, options["delimiter"], len(plan.used)):
         try:
             text = np.loadtxt(_at(blob, start), dtype=str, usecols=plan.used, **options)
             numeric = [i for i in plan.used if i != plan.target and not _text_column(plan, i)]
@@ -327,35 +327,36 @@ def _text_column(plan: _Plan, position: int) -> bool:
     return any(position in plan.columns[name] for name in plan.text)
 
 
-def _widths_agree(raw: np.ndarray, width: int, delimiter: str) -> bool:
-    """Every non-empty line has width-1 delimiters and no quotes (then the text pass may use usecols,
-    which would not notice a longer row) and no line is so long that fixed-width text cells would
-    take far more memory than the file."""
+def _text_pass_fits(raw: np.ndarray, width: int, delimiter: str, used: int) -> bool:
+    """Whether numpy's text pass may read these bytes: every non-empty line has width-1 delimiters and
+    there are no quotes (the pass uses usecols, which would not notice a longer row), and its
+    fixed-width text cells (4 bytes per character of the longest cell, for every used cell) would take
+    at most ~8x the file. Otherwise the csv module reads it (its 128 KiB field limit bounds a long cell)."""
     if len(raw) == 0 or bool((raw == ord('"')).any()):
         return False
     ends = np.flatnonzero(raw == 10)
     if len(ends) == 0 or ends[-1] != len(raw) - 1:
         ends = np.append(ends, len(raw))
     starts = np.concatenate([[0], ends[:-1] + 1])
-    lengths = ends - starts
-    keep = lengths > (raw[np.minimum(starts, len(raw) - 1)] == 13)  # skip blank lines (\n or \r\n)
+    keep = ends - starts > (raw[np.minimum(starts, len(raw) - 1)] == 13)  # skip blank lines (\n or \r\n)
     if not keep.any():
         return True
-    if int(lengths.max()) * 4 * int(keep.sum()) > 16 * len(raw) + (64 << 20):
-        return False
     delimiters = np.add.reduceat(raw == ord(delimiter), starts, dtype=np.uint32)  # per line (blank ones: 0)
-    return bool(np.all(delimiters[keep] == width - 1))
+    if not np.all(delimiters[keep] == width - 1):
+        return False
+    bounds = np.flatnonzero((raw == ord(delimiter)) | (raw == 10))
+    longest = int(np.diff(bounds, prepend=-1).max(initial=0)) if len(bounds) else len(raw)
+    longest = max(longest, len(raw) - 1 - (int(bounds[-1]) if len(bounds) else -1))  # a last line without \n
+    return int(keep.sum()) * used * 4 * longest <= 8 * len(raw) + (64 << 20)
 
 
 def _careful_csv(path: Path, body: bytes, plan: _Plan) -> dict[int, np.ndarray]:
     """Python's csv module, cell by cell: slow, but it says which line and column is wrong."""
-    try:
-        text = io.StringIO(body.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise bad_input(path, f"is not valid UTF-8 (byte {e.start})") from None
+    text = io.TextIOWrapper(io.BytesIO(body), encoding="utf-8", newline="")  # decoded as read: no copy of it all
     width = len(plan.header)
     numeric = [i for i in plan.used if i != plan.target and not _text_column(plan, i)]
     kept: dict[int, list[Any]] = {i: [] for i in plan.used}
+    line = 1
     try:
         for line, row in enumerate(csv.reader(text, delimiter=_delimiter(path)), start=2):
             if not row:
@@ -368,6 +369,8 @@ def _careful_csv(path: Path, body: bytes, plan: _Plan) -> dict[int, np.ndarray]:
                 kept[i][-1] = _number(path, kept[i][-1], line, plan.header[i])
     except csv.Error as e:
         raise bad_input(path, f"invalid CSV: {e}") from None
+    except UnicodeDecodeError:
+        raise bad_input(path, f"is not valid UTF-8 (after line {line})") from None
     return {i: np.array(v, dtype=np.float64 if i in numeric else object) for i, v in kept.items()}
 
 

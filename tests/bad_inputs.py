@@ -687,6 +687,12 @@ def data_csv_header_too_long(d: Path) -> list[str]:
     return _with_data(d, "rows.csv", lambda p: p.write_bytes(b"A,B,C,D," + b"x" * (17 << 20) + b"\n1,2,3,4,5\n"))
 
 
+@case(ExitCode.BAD_INPUT, "rows.csv", "field larger than field limit")
+def data_csv_one_huge_cell(d: Path) -> list[str]:
+    """A 20 MiB cell: never a 4-bytes-per-character text array of it per row and column."""
+    return _with_data(d, "rows.csv", lambda p: p.write_bytes(b"A,B,C,D\n1,2,3,4\n1,2,3," + b"7" * (20 << 20) + b"x\n"))
+
+
 @case(ExitCode.USAGE, "rows.csv", "2 non-input columns (id, target): pass --target", hint=True)
 def data_with_two_candidate_targets(d: Path) -> list[str]:
     """An id beside the target: scoring is not silently skipped, the user says which is the target."""

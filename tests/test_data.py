@@ -218,3 +218,19 @@ def test_stack_from_the_command_line_resolves_the_target_from_the_data(cli, tmp_
                  "--data", path, "--json")
     assert result.code == 0, result.stderr
     assert result.json["scores"]["target"] == "t" and result.json["stack"]["rows"] == 60
+
+
+def test_verify_reads_rows_with_several_extra_columns_without_a_target(cli, tmp_path: Path) -> None:
+    """verify scores nothing: an id beside the target is no reason to stop it (merge asks for --target)."""
+    mapping = two_models(tmp_path)
+    path = write(tmp_path / "rows.csv", "id,A,B,C,D,t\n7,1,2,3,4,0.5\n8,2,3,4,5,nan\n")
+    out = tmp_path / "m.onnx"
+    assert cli("merge", "--map", mapping, "--out", out, "--rows", "16").code == 0
+    result = cli("verify", out, "--data", path, "--rows", "16", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["data"]["rows"] == 2 and result.json["verification"]["rows"] == 16 + 2
+    refused = cli("merge", "--map", mapping, "--out", tmp_path / "n.onnx", "--rows", "16", "--data", path)
+    assert refused.code == 2 and "2 non-input columns (id, t): pass --target" in refused.error_lines[0]
+    scored = cli("merge", "--map", mapping, "--out", tmp_path / "n.onnx", "--rows", "16", "--data", path,
+                 "--target", "t", "--json")
+    assert scored.code == 0 and scored.json["scores"]["rows"] == 1  # the NaN target is left out
