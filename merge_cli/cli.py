@@ -490,7 +490,7 @@ def _print_summary(result: MergeResult) -> None:
     files = ", ".join(f"{m['name']} ({Path(m['path']).name})" for m in doc["models"])
     _plain(console)(f"merge-models {__version__}: {doc['combiner']} of {files}")
     _print_rows(console, ["model", "task", "output", "columns"], [
-        [m["name"], _task(m["task"]), m["head"], _columns(m["columns"])] for m in doc["models"]])
+        [m["name"], _task(m["task"]), m["head"], _columns(m["columns"], m["tensors"])] for m in doc["models"]])
     converted = [f"{m['name']} {m['opset_from'] if m['opset_from'] is not None else '(no ai.onnx opset)'} -> "
                  f"{m['opset_to']}" for m in doc["models"] if m["opset_from"] != m["opset_to"]]
     print_plain = _plain(console)
@@ -614,8 +614,11 @@ def _task(task: str | None) -> str:
     return {"classification": "classifier", "regression": "regressor"}.get(task or "", "?")
 
 
-def _columns(columns: list[str]) -> str:
-    """'15 columns (mean radius .. smoothness error)': the count and the first and last names."""
+def _columns(columns: list[str], tensors: list[str] | None = None) -> str:
+    """'15 columns (mean radius .. smoothness error)': the count and the first and last names; whole
+    tensor inputs first by name ('image + 3 columns (...)')."""
+    if tensors:
+        return " + ".join([*tensors, *([_columns(columns)] if columns else [])])
     if len(columns) == 1:
         return f"1 column ({columns[0]})"
     if len(columns) == 2:

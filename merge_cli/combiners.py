@@ -24,6 +24,7 @@ from .graphs import (
     graph_names,
     tensor_info,
 )
+from .inputs import TableInput
 from .mapping import CombinerSpec, FeatureMapping, ModelSpec
 from .parts import Part, checked_model
 from .stacking import EPS, StackModel, mean_of
@@ -548,7 +549,7 @@ def read_user_graph(path: Path, mapping: FeatureMapping) -> UserGraph:
     inputs = []
     for vi in fed_inputs(model.graph):
         info = tensor_info(vi)
-        if vi.name not in names and vi.name != mapping.input.name:
+        if vi.name not in names and vi.name not in {i.name for i in mapping.inputs.items}:
             raise incompatible(path, f"the combiner's input {vi.name!r} is not a model's name",
                                f"name its inputs after the models ({', '.join(names)}): each gets that model's output")
         if info is None:
@@ -643,8 +644,9 @@ def build_combiner(mapping: FeatureMapping, heads: list[Head], fresh: Callable[[
     spec = mapping.combiner
     if spec.kind not in COMBINERS:
         raise incompatible(mapping.source, f"combiner {spec.kind!r} is not available yet")
-    builder = Builder(fresh, opset, mapping.input.name, FLOAT if mapping.input.dtype == "float32" else DOUBLE,
-                      len(mapping.input.columns), mapping.source)
+    first = mapping.inputs.items[0]  # gate and stack passthrough read the one float table of an [input] mapping
+    width = len(first.columns) if isinstance(first, TableInput) else 0
+    builder = Builder(fresh, opset, first.name, DOUBLE if first.dtype == "float64" else FLOAT, width, mapping.source)
     COMBINERS[spec.kind][0](spec, heads, builder, mapping.source, prepared or Prepared())
     return builder.graph
 

@@ -9,14 +9,14 @@ as Gather indices (token ids into an embedding) is drawn below the table's lengt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .graphs import all_nodes
-from .inputs import TableInput
+from .inputs import MergedInputs, TableInput
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto
@@ -171,3 +171,41 @@ def tensor_values(n: int, dtype: str, shape: Sequence[int | str | None], categor
     flat = column_values(rng, int(np.prod(full)), dtype, categories)
     return flat.reshape(full).astype(NUMPY_DTYPE[dtype])
 
+
+
+# ---------------------------------------------------------------------------- rows of several inputs
+
+
+def typed_rows(n: int, inputs: MergedInputs, shapes: Mapping[str, Sequence[int | str | None]],
+               columns: Sequence[Categories], tensors: dict[str, Categories], seed: int = 0) -> np.ndarray:
+    """Random rows of a mapping with several or typed inputs: one record per row, one field per merged
+    input (a table's [k] columns, a tensor's shape after the batch), so rows are taken, joined and cut
+    in pieces as one array."""
+    arrays: dict[str, np.ndarray] = {}
+    for k, item in enumerate(inputs.items):
+        if isinstance(item, TableInput):
+            arrays[item.name] = table_rows(n, item, [columns[inputs.position[c]] for c in item.columns], seed + k)
+        else:
+            arrays[item.name] = tensor_values(n, item.dtype, shapes[item.name], tensors.get(item.name, NONE), seed + k)
+    return records(arrays)
+
+
+def records(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Arrays with one row per record (same length) as one structured array with a field each."""
+    n = len(next(iter(arrays.values())))
+    out = np.zeros(n, dtype=[(name, a.dtype, a.shape[1:]) for name, a in arrays.items()])
+    for name, a in arrays.items():
+        out[name] = a
+    return out
+
+
+def finite_records(rows: np.ndarray) -> np.ndarray:
+    """Per row: every number in it is finite (strings always are)."""
+    if rows.dtype.names is None:
+        return np.asarray(np.isfinite(rows.astype(np.float64)).all(axis=1))
+    ok = np.ones(len(rows), dtype=bool)
+    for name in rows.dtype.names:
+        field = rows[name]
+        if field.dtype.kind in "fc":
+            ok &= np.isfinite(field.reshape(len(rows), -1)).all(axis=1)
+    return ok

@@ -53,6 +53,7 @@ class Route:
     input: str | None
     columns: tuple[int, ...]
     whole: str | None = None
+    sources: tuple[tuple[str, int], ...] = field(default=(), compare=False)  # per column: its table, its index there
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,8 @@ class _Validator:
             if not isinstance(inputs, dict) or not inputs:
                 raise self.error(f"{where}.inputs", f"must be a table of input name -> columns, not {_kind(inputs)}")
             routes = tuple(self.binding(v, f"{where}.inputs.{k}", str(k), spec) for k, v in inputs.items())
+        routes = tuple(replace(r, sources=tuple((spec.owners[c][0].name, spec.owners[c][1]) for c in r.columns))
+                       for r in routes)
         output = self.string(doc["output"], f"{where}.output") if "output" in doc else None
         weight = self.number(doc["weight"], f"{where}.weight", 0.0) if "weight" in doc else None
         task = doc.get("task")

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .combiners import Head, Prepared, reference
 from .convert import Target, capped_ir, common_target, convert_part, needs_legacy_trees
-from .errors import ExitCode, MergeError, bad_input
+from .errors import ExitCode, MergeError, bad_input, incompatible
 from .heads import align_heads
+from .inputs import TableInput
 from .mapping import FeatureMapping, apply_overrides, load_mapping
 from .model_io import (
     LoadedModel,
@@ -78,6 +79,7 @@ def merge(request: MergeRequest, progress: Progress | None = None) -> MergeResul
     with step("read mapping"):
         mapping = read_mapping(request)
         check_output_path(out, input_files(mapping, request))
+        check_typed_support(mapping, request.data)
     hashes = hash_in_background([m.path for m in mapping.models])  # read once the weights are copied
     built = build(request, mapping, step)
     check_output_path(out, input_files(mapping, request) + [f for lm in built.loaded for f in lm.data_files])
@@ -101,11 +103,12 @@ def merge(request: MergeRequest, progress: Progress | None = None) -> MergeResul
     stack = built.prepared.stack
     return MergeResult(
         output=out, files=placed, combiner=mapping.combiner.kind,
-        models=[ModelReport.of(p, mapping.input.columns, built.target) for p in built.parts],
+        models=[ModelReport.of(p, mapping.inputs.columns, built.target) for p in built.parts],
+        inputs=[input_entry(i, mapping) for i in built.model.graph.input],
         outputs=[output_entry(o) for o in built.model.graph.output],
         opsets=built.target.opsets, ir_version=built.target.ir_version, verification=report,
         seconds=time.perf_counter() - start, stages=step.stages, warnings=list(built.warnings), scores=scores,
-        stack=stack.to_dict(mapping.input.columns) if stack else None,
+        stack=stack.to_dict(mapping.inputs.columns) if stack else None,
     )
 
 
@@ -127,7 +130,7 @@ def build(request: MergeRequest, mapping: FeatureMapping, step: Stopwatch | None
         observe = functools.partial(observe_outputs, strict=request.verify)
         parts = [read_part(m, lm, observe) for m, lm in zip(mapping.models, loaded, strict=True)]
         _, warnings = check_batches(parts, mapping.source)
-        width = len(mapping.input.columns)
+        width = len(mapping.inputs.columns)
         if request.verify and rows_for_width(request.rows, width) < request.rows:
             warnings.append(f"verifying on {rows_for_width(request.rows, width)} random rows, not {request.rows}: "
                             f"{width} columns are too wide for more in memory")
@@ -174,13 +177,63 @@ def verify_built(merged: Path, built: Built) -> VerifyReport:
         return expected
 
     real = built.rows.features.astype(mapping.input.dtype) if built.rows is not None else None
-    random = random_rows(request.rows, len(mapping.input.columns), mapping.input.dtype)
+    if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):
+        random = random_rows(request.rows, len(mapping.inputs.columns), mapping.inputs.tables[0].dtype)
+    else:  # records with a field per merged input, drawn per input (draws.py)
+        random = typed_random_rows(rows_for_width(request.rows, len(mapping.inputs.columns)), mapping, parts,
+                                   input_shapes(built.model))
     batches = verification_batches(mapping, list(built.heads), random, real)
     try:
         return verify(merged, parts, expected_of, batches, request.atol, request.rtol, part_rows(mapping))
     except MergeError as e:
         e.file = str(request.out) if e.code == ExitCode.VERIFY_FAILED else e.file
         raise
+
+
+def check_typed_support(mapping: FeatureMapping, data: Path | None) -> None:
+    """What a mapping of several or typed inputs cannot do yet: gate and stack read one float table."""
+    if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):
+        return
+    if mapping.combiner.kind in ("gate", "stack"):
+        raise incompatible(mapping.source, f"combiner.kind: {mapping.combiner.kind} reads one float table; this "
+                           "mapping has several or typed [inputs.*]", "use mean, weighted, vote, sum, max, min, "
+                           "concat or onnx")
+    if data is not None:
+        raise incompatible(data, "--data rows for several or typed [inputs.*] are not read yet",
+                           "merge without --data: verification draws rows for every input")
+
+
+def input_shapes(model: ModelProto) -> dict[str, list[Any]]:
+    """The merged model's inputs' shapes (a size, or a name where it is symbolic), for drawing tensors."""
+    return {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+
+
+def typed_random_rows(n: int, mapping: FeatureMapping, parts: list[Part], shapes: dict[str, list[Any]]) -> np.ndarray:
+    """Records for a mapping of several or typed inputs: each column drawn from the categories of the model
+    inputs it feeds, each tensor from its shape (and the index range of the embeddings it feeds)."""
+    from .draws import NONE, Categories, column_categories, input_categories, typed_rows
+    from .splice import bound_routes
+
+    routed: list[tuple[Categories, tuple[int, ...]]] = []
+    tensors: dict[str, Categories] = {}
+    for part in parts:
+        prefix = f"{part.name}/"  # the parts are prefixed by now
+        found = {k.removeprefix(prefix): v for k, v in input_categories(part.model).items()}
+        for info, r in bound_routes(part):
+            if r.whole is not None:
+                tensors[r.whole] = tensors.get(r.whole, NONE) | found.get(info.name, NONE)
+            else:
+                routed.append((found.get(info.name, NONE), r.columns))
+    columns = column_categories(routed, len(mapping.inputs.columns))
+    return typed_rows(n, mapping.inputs, shapes, columns, tensors)
+
+
+def input_entry(vi: Any, mapping: FeatureMapping) -> dict[str, Any]:
+    """A merged input for --json: its name, dtype, shape and (for a table) its columns."""
+    entry = output_entry(vi)
+    item = mapping.inputs.named(vi.name)
+    return {"name": vi.name, "dtype": item.dtype if item else entry["type"], "shape": entry["shape"],
+            "columns": list(item.columns) if isinstance(item, TableInput) else None}
 
 
 @dataclass(frozen=True)

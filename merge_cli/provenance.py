@@ -103,9 +103,10 @@ def mapping_document(resolved: dict[str, Any]) -> dict[str, Any]:
         model = {k: v for k, v in entry.items() if k != "inputs"}
         routes = entry["inputs"]
         if len(routes) == 1 and routes[0]["input"] is None:
-            model["columns"] = routes[0]["columns"]
+            model["input" if "whole" in routes[0] else "columns"] = routes[0].get("whole", routes[0].get("columns"))
         else:
-            model["inputs"] = {r["input"]: r["columns"] for r in routes}
+            model["inputs"] = {r["input"]: r["whole"] if "whole" in r else r["columns"] for r in routes}
         models[name] = model
     combiner = {k: v for k, v in resolved["combiner"].items() if v is not None}
-    return {"version": resolved["version"], "input": resolved["input"], "models": models, "combiner": combiner}
+    inputs = {"inputs": resolved["inputs"]} if "inputs" in resolved else {"input": resolved["input"]}
+    return {"version": resolved["version"], **inputs, "models": models, "combiner": combiner}

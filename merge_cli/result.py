@@ -26,6 +26,7 @@ class ModelReport:
     opset_from: int | None
     opset_to: int
     bytes: int
+    tensors: list[str] = field(default_factory=list)  # merged tensor inputs it reads whole
 
     @staticmethod
     def of(part: Part, columns: tuple[str, ...], target: Target) -> ModelReport:
@@ -39,6 +40,7 @@ class ModelReport:
             opset_from=part.opset_from,
             opset_to=target.opsets[""],
             bytes=part.source.size,
+            tensors=[r.whole for r in part.spec.routes if r.whole is not None],
         )
 
 
@@ -59,6 +61,7 @@ class MergeResult:
     warnings: list[str] = field(default_factory=list)
     scores: ScoreTable | None = None  # --data rows with a target: each part and the merged model
     stack: dict[str, Any] | None = None  # how the stack was fitted and its cross-validated scores
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # the merged inputs: name, dtype, shape, columns
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,7 @@ class MergeResult:
             "files": [{"path": str(f), "bytes": f.stat().st_size} for f in self.files],
             "models": [vars(m) for m in self.models],
             "combiner": self.combiner,
+            "inputs": self.inputs,
             "outputs": self.outputs,
             "opsets": self.opsets,
             "ir_version": self.ir_version,

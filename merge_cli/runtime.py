@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .draws import finite_records
 from .errors import ExitCode, MergeError, bad_input, first_line
 from .graphs import NUMPY_OF_TYPE, all_nodes
 from .parts import PROBE_ROWS, Observed, Part
@@ -375,16 +376,56 @@ def random_rows(n: int, width: int, dtype: str, seed: int = 0) -> np.ndarray:
 
 
 def part_feed(part: Part, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The original model's inputs: its columns of `rows`, in its own dtype and rank."""
-    from .splice import match_routes
+    """The original model's inputs: its columns of `rows` (or the whole tensors bound to it), in its own
+    dtype and rank. `rows` is one float table [N, F], or records with a field per merged input (draws.records)."""
+    from .splice import bound_routes
 
     feed: dict[str, np.ndarray] = {}
-    for info, columns in match_routes(part):
-        values = rows[:, list(columns)]
-        if info.rank == 1:
+    for info, r in bound_routes(part):
+        if rows.dtype.names is None:
+            values = rows[:, list(r.columns)]
+        elif r.whole is not None:
+            values = rows[r.whole]
+        else:
+            values = np.stack([rows[table][:, i] for table, i in r.sources], axis=1)
+        if info.rank == 1 and r.whole is None:
             values = values[:, 0]
-        feed[info.name] = values.astype(NUMPY_OF_TYPE.get(info.elem_type, np.float32))
+        feed[info.name] = values.astype(NUMPY_OF_TYPE.get(info.elem_type, object))
     return feed
+
+
+def merged_feed(names: list[str], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The merged model's inputs: the one table, or each merged input's field of the records."""
+    if rows.dtype.names is None:
+        return {names[0]: rows}
+    return {name: rows[name] for name in names}
+
+
+def probe_rows(part: Part, n: int) -> np.ndarray:
+    """A few rows for one run of a part: random floats for a float table, else records drawn per input."""
+    from .draws import NONE, column_values, input_categories, records
+
+    if all(r.whole is None for r in part.spec.routes) and all(i.elem_type != 8 for i in part.inputs):
+        return random_rows(n, max(part.spec.columns) + 1, "float32", seed=1)
+    from .splice import bound_routes
+
+    found = input_categories(part.source.proto)
+    rng = np.random.default_rng(1)
+    arrays: dict[str, np.ndarray] = {}
+    for info, r in bound_routes(part):
+        dims = [1 if not isinstance(d, int) else d for d in (info.shape or [None, 1])[1:]]
+        dtype = {1: "float32", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 8: "string"}.get(info.elem_type,
+                                                                                                  "float32")
+        values = column_values(rng, n * int(np.prod(dims)), dtype, found.get(info.name, NONE)).reshape(n, *dims)
+        if r.whole is not None:
+            arrays[r.whole] = values
+        else:
+            for (table, i), k in zip(r.sources, range(values.shape[1]), strict=False):
+                arrays.setdefault(table, np.zeros((n, i + 1), values.dtype))
+                if arrays[table].shape[1] <= i:
+                    arrays[table] = np.pad(arrays[table], ((0, 0), (0, i + 1 - arrays[table].shape[1])))
+                arrays[table][:, i] = values[:, k]
+    return records(arrays)
 
 
 def part_session(part: Part) -> onnxruntime.InferenceSession:
@@ -449,8 +490,7 @@ def observe_outputs(part: Part, strict: bool = True) -> Observed | None:
                             "model so that onnxruntime runs it, or merge with --no-verify")
         raise
     try:
-        rows = random_rows(part.batch or PROBE_ROWS, max(part.spec.columns) + 1, "float32", seed=1)
-        values = run_part(part, session, rows)
+        values = run_part(part, session, probe_rows(part, part.batch or PROBE_ROWS))
     except MergeError:  # e.g. columns that do not fit its input: splice says so, more precisely
         return None
     observed: Observed = {}
@@ -505,12 +545,12 @@ def _run_merged(session: onnxruntime.InferenceSession, path: Path, rows: np.ndar
                 shape_problems: dict[str, str]) -> dict[str, np.ndarray]:
     """Run the merged session on all `rows`; each piece's output shapes are checked against the declared
     ones (the first contradiction per output lands in `shape_problems`)."""
-    name = session.get_inputs()[0].name
+    names = [i.name for i in session.get_inputs()]
     outputs = session.get_outputs()
 
     def run(piece: np.ndarray) -> dict[str, np.ndarray]:
         try:
-            values = session.run([o.name for o in outputs], {name: piece})
+            values = session.run([o.name for o in outputs], merged_feed(names, piece))
         except Exception as e:
             raise MergeError(ExitCode.VERIFY_FAILED, path.name,
                              f"onnxruntime cannot run the merged model: {first_line(e)}") from None
@@ -649,7 +689,7 @@ def verify(
     expected = in_chunks(expected_piece, np.arange(len(rows)), chunk) if chunk else expected_of(part_outputs, rows)
     shape_problems: dict[str, str] = {}
     got = _run_merged(merged_session(merged), merged, rows, chunk, shape_problems)
-    finite_rows = np.asarray(np.isfinite(rows.astype(np.float64)).all(axis=1))
+    finite_rows = finite_records(rows)
     ties = near_ties(expected["probabilities"], atol, rtol) if "probabilities" in expected else None
     checks = []
     for name in got:

@@ -1,4 +1,5 @@
-"""Splice the parts under one shared input: its columns (and a Cast) per model input, each graph under `<name>/`."""
+"""Splice the parts under the merged inputs: columns of the tables (and a Cast) or a whole tensor per model
+input, each graph under `<name>/`."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from . import __version__
 from .combiners import Head, Prepared, build_combiner
 from .convert import Target
 from .errors import incompatible
-from .graphs import DOUBLE, FLOAT, TensorInfo, copied, graph_names, is_default_domain, subgraphs
-from .mapping import FeatureMapping
+from .graphs import TensorInfo, copied, graph_names, is_default_domain, subgraphs
+from .inputs import MergedInputs, TableInput, TensorInput, family
+from .mapping import FeatureMapping, Route
 from .naming import unique_name
 from .parts import Part
 
@@ -21,20 +23,22 @@ if TYPE_CHECKING:
     from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 
 ROUTABLE_TYPES = {1: "float32", 11: "float64", 10: "float16", 16: "bfloat16", 6: "int32", 7: "int64", 9: "bool"}
+STRING = 8
+ELEM_TYPE: dict[str, int] = {"float32": 1, "float64": 11, "int64": 7, "int32": 6, "bool": 9, "string": STRING}
 
 
 @dataclass
 class Spliced:
     """The merged graph before the combiner: nodes, initializers and the parts' value infos."""
 
-    input: ValueInfoProto
+    inputs: list[ValueInfoProto]
     nodes: list[NodeProto] = field(default_factory=list)
     initializers: list[TensorProto] = field(default_factory=list)
     sparse_initializers: list[object] = field(default_factory=list)
     value_info: list[ValueInfoProto] = field(default_factory=list)
     functions: list[FunctionProto] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
-    columns_first: str | None = None  # the shared input transposed, once a route needs it
+    columns_first: dict[str, str] = field(default_factory=dict)  # a table -> it transposed, once a route needs it
 
     def fresh(self, base: str) -> str:
         """A tensor name not used anywhere in the graph yet."""
@@ -111,42 +115,27 @@ def _prefix_graph(graph: GraphProto, p: str, renamed: dict[tuple[str, str], str]
 
 
 def splice(parts: list[Part], mapping: FeatureMapping) -> Spliced:
-    """One shared input -> its columns (Slice or Gather, see route) [-> Cast] per model input -> each prefixed graph."""
-    from onnx import TensorProto, helper
+    """The merged inputs -> per model input its columns (Slice or Gather, see route) [-> Cast], or a whole
+    tensor [-> Cast] -> each prefixed graph."""
+    from onnx import helper
 
-    spec = mapping.input
-    dtype = FLOAT if spec.dtype == "float32" else DOUBLE
     # A part with a fixed batch size fixes the merged model's too (check_batches warned about it).
     batch = next((p.batch for p in parts if p.batch is not None), "N")
-    shared = helper.make_tensor_value_info(spec.name, dtype, [batch, len(spec.columns)])
-    out = Spliced(input=shared, names={spec.name})
+    bound = [(part, info, r) for part in parts for info, r in bound_routes(part)]
+    inputs = [helper.make_tensor_value_info(item.name, ELEM_TYPE[item.dtype], merged_shape(item, bound, batch, mapping))
+              for item in mapping.inputs.items]
+    out = Spliced(inputs=inputs, names={i.name for i in inputs})
     opset = next((e.version for p in parts for e in p.model.opset_import if is_default_domain(e.domain)), 1)
     for part in parts:
         out.names.update(graph_names(part.model.graph))
     for part in parts:
-        routes = match_routes(part)
+        for info, r in bound_routes(part):
+            target = f"{part.name}/{info.name}"
+            if r.whole is not None:
+                feed_whole(out, part, info, r.whole, target, mapping)
+            else:
+                feed_columns(out, part, info, r, target, mapping, opset)
         prefix = f"{part.name}/"
-        for info, columns in routes:
-            target = prefix + info.name
-            if info.elem_type not in ROUTABLE_TYPES:
-                raise incompatible(part.source.path, f"input {info.name!r} has element type "
-                                   f"{TensorProto.DataType.Name(info.elem_type)}; only numeric inputs can take columns")
-            scalar = info.rank == 1
-            if info.rank not in (None, 1, 2):
-                raise incompatible(part.source.path, f"input {info.name!r} has rank {info.rank}; "
-                                   "only [N, k] (or [N] for one column) inputs can take columns")
-            if scalar and len(columns) != 1:
-                raise incompatible(part.source.path, f"input {info.name!r} is [N] (one value per row) but "
-                                   f"{len(columns)} columns are mapped to it", "map exactly one column to it")
-            if info.rank == 2 and isinstance(info.shape[1], int) and info.shape[1] != len(columns):  # type: ignore[index]
-                raise incompatible(mapping.source, f"models.{part.name}: input {info.name!r} takes "
-                                   f"{info.shape[1]} columns but {len(columns)} are mapped",  # type: ignore[index]
-                                   f"map exactly {info.shape[1]} columns to it")  # type: ignore[index]
-            gathered = target if info.elem_type == dtype else out.fresh(f"{part.name}.{info.name}.gathered")
-            route(out, spec.name, columns, scalar, gathered, f"{part.name}.{info.name}", opset)
-            if gathered != target:
-                out.nodes.append(helper.make_node("Cast", [gathered], [target], to=info.elem_type,
-                                                  name=out.fresh(f"cast.{part.name}.{info.name}")))
         graph = part.model.graph
         real_inputs = {i.name for i in part.inputs}
         out.nodes.extend(graph.node)
@@ -159,8 +148,142 @@ def splice(parts: list[Part], mapping: FeatureMapping) -> Spliced:
     return out
 
 
+def _key(part: Part, info: TensorInfo, r: Route) -> str:
+    """The mapping key that binds this model input, for error lines."""
+    if r.input is None:
+        return f"models.{part.name}.{'input' if r.whole is not None else 'columns'}"
+    return f"models.{part.name}.inputs.{r.input}"
+
+
+def _type_name(elem_type: int) -> str:
+    from onnx import TensorProto
+
+    return str(TensorProto.DataType.Name(elem_type)).lower()
+
+
+def feed_columns(out: Spliced, part: Part, info: TensorInfo, r: Route, target: str, mapping: FeatureMapping,
+                 opset: int) -> None:
+    """A model input fed columns: per table a Slice or Gather of its columns, a Cast to the input's type,
+    and a Concat when they come from several tables."""
+    from onnx import helper
+
+    inputs, key, path = mapping.inputs, _key(part, info, r), part.source.path
+    kinds = {family(inputs.dtype_of(c)) for c in r.columns}
+    if info.elem_type == STRING and kinds != {"string"}:
+        raise incompatible(mapping.source, f"{key}: numeric columns cannot feed string input {info.name!r} of "
+                           f"{path.name}", "bind string columns (a table with dtype = \"string\") to it")
+    if info.elem_type != STRING and "string" in kinds:
+        column = next(inputs.columns[c] for c in r.columns if inputs.dtype_of(c) == "string")
+        raise incompatible(mapping.source, f"{key}: string column {column!r} cannot feed {_type_name(info.elem_type)} "
+                           f"input {info.name!r} of {path.name}", "bind numeric columns to it, or route the string "
+                           "column to the model's string input")
+    if info.elem_type not in ROUTABLE_TYPES and info.elem_type != STRING:
+        raise incompatible(path, f"input {info.name!r} has element type {_type_name(info.elem_type)}; "
+                           "only numeric and string inputs can take columns")
+    scalar = info.rank == 1
+    if info.rank not in (None, 1, 2):
+        raise incompatible(mapping.source, f"{key}: input {info.name!r} of {path.name} has shape "
+                           f"{_shape(info.shape)}; only [N, k] (or [N] for one column) inputs can take columns",
+                           "declare an [inputs.<name>] tensor with its shape and bind it whole (input = \"<name>\")")
+    if scalar and len(r.columns) != 1:
+        raise incompatible(path, f"input {info.name!r} is [N] (one value per row) but "
+                           f"{len(r.columns)} columns are mapped to it", "map exactly one column to it")
+    if info.rank == 2 and isinstance(info.shape[1], int) and info.shape[1] != len(r.columns):  # type: ignore[index]
+        raise incompatible(mapping.source, f"models.{part.name}: input {info.name!r} takes "
+                           f"{info.shape[1]} columns but {len(r.columns)} are mapped",  # type: ignore[index]
+                           f"map exactly {info.shape[1]} columns to it")  # type: ignore[index]
+    base = f"{part.name}.{info.name}"
+    pieces = _by_table(inputs, r.columns)
+    results = []
+    for i, (table, columns) in enumerate(pieces):
+        whole = len(pieces) == 1 and ELEM_TYPE[table.dtype] == info.elem_type
+        gathered = target if whole else out.fresh(f"{base}.gathered" if len(pieces) == 1 else f"{base}.{table.name}")
+        route(out, table.name, columns, scalar, gathered, base if i == 0 else f"{base}.{table.name}", opset,
+              transposed=table.dtype != "string")
+        if ELEM_TYPE[table.dtype] != info.elem_type:
+            cast = target if len(pieces) == 1 else out.fresh(f"{base}.{table.name}.cast")
+            name = f"cast.{base}" if len(pieces) == 1 else f"cast.{base}.{table.name}"
+            out.nodes.append(helper.make_node("Cast", [gathered], [cast], to=info.elem_type, name=out.fresh(name)))
+            gathered = cast
+        results.append(gathered)
+    if len(results) > 1:
+        out.nodes.append(helper.make_node("Concat", results, [target], axis=0 if scalar else 1,
+                                          name=out.fresh(f"concat.{base}")))
+
+
+def _by_table(inputs: MergedInputs, columns: tuple[int, ...]) -> list[tuple[TableInput, tuple[int, ...]]]:
+    """Consecutive runs of columns from one table, as (table, indices in that table), in the model's order."""
+    pieces: list[tuple[TableInput, list[int]]] = []
+    for c in columns:
+        table, index = inputs.owners[c]
+        if pieces and pieces[-1][0] is table:
+            pieces[-1][1].append(index)
+        else:
+            pieces.append((table, [index]))
+    return [(t, tuple(ix)) for t, ix in pieces]
+
+
+def feed_whole(out: Spliced, part: Part, info: TensorInfo, name: str, target: str, mapping: FeatureMapping) -> None:
+    """A model input bound to a whole merged tensor: the same type passes as it is, numbers are cast."""
+    from onnx import helper
+
+    item = mapping.inputs.named(name)
+    assert item is not None
+    key, have = _key(part, info, Route(None, (), name)), ELEM_TYPE[item.dtype]
+    if info.elem_type != have and STRING in (info.elem_type, have):
+        raise incompatible(mapping.source, f"{key}: input {name!r} is {item.dtype} but input {info.name!r} of "
+                           f"{part.source.path.name} is {_type_name(info.elem_type)}",
+                           "strings feed string inputs only: bind another input, or change the dtype of "
+                           f"inputs.{name}")
+    if info.elem_type == have:
+        out.nodes.append(helper.make_node("Identity", [name], [target], name=out.fresh(f"route.{part.name}.{info.name}")))
+    else:
+        out.nodes.append(helper.make_node("Cast", [name], [target], to=info.elem_type,
+                                          name=out.fresh(f"cast.{part.name}.{info.name}")))
+
+
+def merged_shape(item: TensorInput | TableInput, bound: list[tuple[Part, TensorInfo, Route]], batch: int | str,
+                 mapping: FeatureMapping) -> list[int | str]:
+    """A table is [batch, k]; a tensor has its declared shape, or the one every model bound to it agrees on.
+
+    Each bound model's declared shape must fit: same rank, and equal sizes wherever both are fixed.
+    """
+    if isinstance(item, TableInput):
+        return [batch, len(item.columns)]
+    users = [(p, info, r) for p, info, r in bound if r.whole == item.name]
+    shape: list[int | str] | None = None if item.shape is None else [batch, *item.shape[1:]]
+    source = f"inputs.{item.name}.shape"
+    for part, info, r in users:
+        if info.shape is None:
+            continue
+        theirs = list(info.shape)
+        if shape is None:
+            shape, source = [batch, *(d if d else f"{item.name}_{i + 1}" for i, d in enumerate(theirs[1:]))], \
+                f"{part.name}'s input {info.name!r}"
+            continue
+        fits = len(theirs) == len(shape) and all(not isinstance(a, int) or not isinstance(b, int) or a == b
+                                                  for a, b in zip(theirs[1:], shape[1:], strict=True))
+        if not fits:
+            raise incompatible(mapping.source, f"{_key(part, info, r)}: input {info.name!r} of {part.source.path.name} "
+                               f"has shape {_shape(info.shape)} but {item.name!r} has {_shape(shape)} (from {source})",
+                               "bind models whose inputs have the same shape, or declare separate [inputs.*] tensors")
+        shape = [b if isinstance(b, int) else (a if isinstance(a, int) else b)
+                 for a, b in zip(theirs, shape, strict=True)]
+        shape[0] = batch
+    if shape is None:
+        raise incompatible(mapping.source, f"inputs.{item.name}: no shape is known",
+                           f'give it one: shape = ["N", ...] in [inputs.{item.name}]')
+    return shape
+
+
+def _shape(shape: object) -> str:
+    if shape is None:
+        return "unknown"
+    return "[" + ", ".join(str(d) if d not in (None, "") else "?" for d in shape) + "]"  # type: ignore[attr-defined]
+
+
 def route(out: Spliced, source: str, columns: tuple[int, ...], scalar: bool, result: str, base: str,
-          opset: int) -> None:
+          opset: int, transposed: bool = True) -> None:
     """Add the nodes that take `columns` of `source` [N, F] into `result`, as cheaply as onnxruntime can.
 
     onnxruntime's Gather(axis=1) copies element by element (~1 ms for 4096 rows x 16 columns on this
@@ -168,6 +291,8 @@ def route(out: Spliced, source: str, columns: tuple[int, ...], scalar: bool, res
     row); other sets are gathered as rows of the transposed input (one Transpose of the input, shared
     by every route, a Gather(axis=0) and a Transpose back: ~20x faster than Gather(axis=1) at 4096
     rows, ~1 us slower at 1 row). One column for an [N] input stays a Gather of that column.
+    Not for strings (`transposed` False): onnxruntime 1.32's Gather(axis=0) of a transposed string tensor
+    returns empty strings after the first row, so string columns are one Gather(axis=1).
     """
     from onnx import helper
 
@@ -179,6 +304,9 @@ def route(out: Spliced, source: str, columns: tuple[int, ...], scalar: bool, res
     name = out.fresh(f"route.{base}")
     if scalar:
         out.nodes.append(helper.make_node("Gather", [source, const(columns[0], "column")], [result], axis=1, name=name))
+    elif not transposed and list(columns) != list(range(columns[0], columns[0] + len(columns))):
+        out.nodes.append(helper.make_node("Gather", [source, const(list(columns), "columns")], [result], axis=1,
+                                          name=name))
     elif list(columns) == list(range(columns[0], columns[0] + len(columns))):
         start, end = [columns[0]], [columns[-1] + 1]
         if opset >= 10:
@@ -187,33 +315,39 @@ def route(out: Spliced, source: str, columns: tuple[int, ...], scalar: bool, res
         else:  # Slice-1 takes them as attributes
             out.nodes.append(helper.make_node("Slice", [source], [result], starts=start, ends=end, axes=[1], name=name))
     else:
-        if out.columns_first is None:
-            out.columns_first = out.fresh(f"{source}.columns_first")
-            out.nodes.append(helper.make_node("Transpose", [source], [out.columns_first], perm=[1, 0],
+        if source not in out.columns_first:
+            out.columns_first[source] = out.fresh(f"{source}.columns_first")
+            out.nodes.append(helper.make_node("Transpose", [source], [out.columns_first[source]], perm=[1, 0],
                                               name=out.fresh(f"route.{source}.transpose")))
         rows = out.fresh(f"{base}.rows")
-        out.nodes.append(helper.make_node("Gather", [out.columns_first, const(list(columns), "columns")], [rows], axis=0,
-                                          name=name))
+        out.nodes.append(helper.make_node("Gather", [out.columns_first[source], const(list(columns), "columns")],
+                                          [rows], axis=0, name=name))
         out.nodes.append(helper.make_node("Transpose", [rows], [result], perm=[1, 0],
                                           name=out.fresh(f"route.{base}.transpose")))
 
 
 def match_routes(part: Part) -> list[tuple[TensorInfo, tuple[int, ...]]]:
-    """Pair each of the model's inputs with its mapped columns; every input must be fed, exactly once."""
+    """Each of the model's inputs fed columns, with its columns (inputs bound to a whole tensor left out)."""
+    return [(info, r.columns) for info, r in bound_routes(part) if r.whole is None]
+
+
+def bound_routes(part: Part) -> list[tuple[TensorInfo, Route]]:
+    """Pair each of the model's inputs with what the mapping binds to it; every input must be fed, exactly once."""
     spec, path = part.spec, part.source.path
     by_name = {i.name: i for i in part.inputs}
     if len(spec.routes) == 1 and spec.routes[0].input is None:
         if len(part.inputs) != 1:
             names = ", ".join(by_name)
+            given = "input binds one" if spec.routes[0].whole is not None else "columns maps one"
             raise incompatible(path, f"models.{spec.name}: the model has {len(part.inputs)} inputs ({names}) "
-                               "but columns maps one", f"use inputs = {{ {names.split(', ')[0]} = [...], ... }} instead")
-        return [(part.inputs[0], spec.routes[0].columns)]
+                               f"but {given}", f"use inputs = {{ {names.split(', ')[0]} = [...], ... }} instead")
+        return [(part.inputs[0], spec.routes[0])]
     routes = []
-    for route in spec.routes:
-        if route.input not in by_name:
-            raise incompatible(path, f"models.{spec.name}.inputs.{route.input}: the model has no input "
-                               f"{route.input!r}", f"its inputs are: {', '.join(by_name)}")
-        routes.append((by_name[route.input], route.columns))
+    for r in spec.routes:
+        if r.input not in by_name:
+            raise incompatible(path, f"models.{spec.name}.inputs.{r.input}: the model has no input "
+                               f"{r.input!r}", f"its inputs are: {', '.join(by_name)}")
+        routes.append((by_name[r.input], r))
     fed = {r.input for r in spec.routes}  # once: rebuilt per input it made 20,000 inputs quadratic
     unfed = [n for n in by_name if n not in fed]
     if unfed:
@@ -290,8 +424,8 @@ def assemble(spliced: Spliced, extra_nodes: list[NodeProto], extra_initializers:
     from onnx import helper
 
     nodes = toposort([*spliced.nodes, *extra_nodes],
-                     {spliced.input.name} | {t.name for t in (*spliced.initializers, *extra_initializers)})
-    graph = helper.make_graph(nodes, name, [spliced.input], outputs,
+                     {i.name for i in spliced.inputs} | {t.name for t in (*spliced.initializers, *extra_initializers)})
+    graph = helper.make_graph(nodes, name, spliced.inputs, outputs,
                               initializer=[*spliced.initializers, *extra_initializers],
                               value_info=spliced.value_info)
     graph.sparse_initializer.extend(spliced.sparse_initializers)
@@ -311,7 +445,7 @@ def merged_model(parts: list[Part], mapping: FeatureMapping, target: Target, kee
     combined = build_combiner(mapping, heads, spliced.fresh, target.opsets[""], prepared)
     if combined.routes_read:  # gate: the parts read the input with NaN filled in
         for node in spliced.nodes:
-            node.input[:] = [combined.routes_read if x == mapping.input.name else x for x in node.input]
+            node.input[:] = [combined.routes_read if x == mapping.inputs.items[0].name else x for x in node.input]
     spliced.value_info.extend(combined.value_info)
     spliced.sparse_initializers.extend(combined.sparse_initializers)
     spliced.functions.extend(combined.functions)

@@ -1,0 +1,182 @@
+"""Models that do not read one float table merge through the real CLI from their `[inputs.*]` mapping:
+string and int64 categories, whole image and token-id tensors, an image + tabular model.
+
+Every expected number comes from running the ORIGINAL files separately in onnxruntime on the
+datasets' rows (make_fixtures.typed_data) and combining them here in numpy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import run_model, write_mapping
+from make_fixtures import TYPED, TYPED_INPUTS, typed_data, typed_feed
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+TOL = 1e-5
+
+
+def typed_mapping(names: list[str], combiner: str = "mean") -> dict[str, Any]:
+    """The `[inputs.*]` mapping of these fixtures: their dataset's inputs that they read, each bound as TYPED says."""
+    dataset = TYPED[names[0]].dataset
+    used = {s if isinstance(s, str) else table for n in names for _, s in TYPED[n].inputs
+            for table, (_, columns) in TYPED_INPUTS[dataset].items() if s == table or (columns and s[0] in columns)}
+    inputs = {name: ({"columns": list(columns), "dtype": dtype} if columns else {"dtype": dtype})
+              for name, (dtype, columns) in TYPED_INPUTS[dataset].items() if name in used}
+    models: dict[str, Any] = {}
+    for name in names:
+        fixture = TYPED[name]
+        binding = {k: s if isinstance(s, str) else list(s) for k, s in fixture.inputs}
+        if len(binding) > 1:
+            entry: dict[str, Any] = {"inputs": binding}
+        else:
+            (value,) = binding.values()
+            entry = {"input": value} if isinstance(value, str) else {"columns": value}
+        models[name] = {"path": str(FIXTURES / f"{name}.onnx"), **entry, **dict(fixture.mapping)}
+    return {"version": 1, "inputs": inputs, "models": models, "combiner": {"kind": combiner}}
+
+
+def probabilities(name: str) -> np.ndarray:
+    """The original file's class probabilities on every row of its dataset, [N, K] in its classes' order."""
+    session = ort.InferenceSession(str(FIXTURES / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, typed_feed(name))
+    for value in outputs:
+        if isinstance(value, list):  # ZipMap
+            return np.array([[row[c] for c in TYPED[name].classes] for row in value], dtype=np.float32)
+    return next(np.asarray(v) for v in outputs if np.asarray(v).ndim == 2)
+
+
+def merged_feed(dataset: str, out: Path) -> dict[str, np.ndarray]:
+    inputs, _ = typed_data(dataset)
+    names = [i.name for i in ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_inputs()]
+    return {n: inputs[n] for n in names}
+
+
+def expected(names: list[str], combiner: str) -> tuple[np.ndarray, np.ndarray]:
+    """What the combiner computes from the originals' probabilities: (probabilities, label)."""
+    ps = [probabilities(n).astype(np.float64) for n in names]
+    classes = np.array(TYPED[names[0]].classes)
+    if combiner == "mean":
+        p = sum(ps) / len(ps)
+        return p, classes[np.argmax(p, axis=1)]
+    k = ps[0].shape[1]
+    share = sum((np.argmax(p, axis=1)[:, None] == np.arange(k)).astype(np.float64) for p in ps) / len(ps)
+    tie_break = np.where(share >= share.max(axis=1, keepdims=True) - 1e-6, sum(ps), -np.inf)
+    return share, classes[np.argmax(tie_break, axis=1)]
+
+
+CASES = [
+    ("string one-hot + numeric", ["shop_onehot_str", "shop_lr"]),
+    ("int64 one-hot + string ordinal", ["shop_onehot_int", "shop_ordinal_str"]),
+    ("two CNNs on one image", ["digits_cnn", "digits_cnn_dynamo"]),
+    ("image + tabular model, tabular model", ["digits_fusion", "digits_stats_lr"]),
+    ("token ids + CNN", ["digits_tokens", "digits_cnn"]),
+]
+
+
+@pytest.mark.parametrize("combiner", ["mean", "vote"])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_typed_inputs_merge_and_equal_the_originals(cli, tmp_path: Path, case: Any, combiner: str) -> None:
+    _, names = case
+    mapping = write_mapping(tmp_path / "m.toml", typed_mapping(names, combiner))
+    out = tmp_path / "merged.onnx"
+    result = cli("merge", "--map", mapping, "--out", out, "--json")
+    assert result.code == 0, result.stderr
+    doc = result.json
+    assert doc["verification"]["passed"] and doc["verification"]["max_abs_error"] <= TOL
+    assert [i["name"] for i in doc["inputs"]] == list(typed_mapping(names)["inputs"])
+    got = run_model(out, merged_feed(TYPED[names[0]].dataset, out))
+    want_p, want_label = expected(names, combiner)
+    np.testing.assert_allclose(got["probabilities"], want_p, atol=TOL, rtol=0)
+    np.testing.assert_array_equal(got["label"], want_label)
+
+
+def test_json_lists_each_merged_input_with_dtype_shape_and_columns(cli, tmp_path: Path) -> None:
+    mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["digits_fusion", "digits_cnn"]))
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx", "--json")
+    assert result.code == 0, result.stderr
+    image, stats = result.json["inputs"]
+    assert image == {"name": "image", "dtype": "float32", "shape": ["N", 1, 8, 8], "columns": None}
+    assert stats["dtype"] == "float32" and stats["columns"] == list(TYPED_INPUTS["digits"]["stats"][1])
+    fusion = next(m for m in result.json["models"] if m["name"] == "digits_fusion")
+    assert fusion["tensors"] == ["image"] and fusion["columns"] == ["ink", "top", "left"]
+
+
+def test_verification_draws_the_categories_the_models_carry(cli, tmp_path: Path, monkeypatch) -> None:
+    import merge_cli.draws
+
+    drawn: list[np.ndarray] = []
+    real = merge_cli.draws.typed_rows
+    monkeypatch.setattr(merge_cli.draws, "typed_rows", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["shop_ordinal_str", "shop_onehot_int"]))
+    assert cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx").code == 0
+    (rows,) = drawn
+    colors, cities = set(rows["labels"][:, 0]), set(rows["labels"][:, 1])
+    known = {"black", "blue", "green", "red", "Lima", "Oslo", "Paris"}  # both LabelEncoders read both columns
+    assert colors >= known and cities >= known and len(colors - known) == 1  # and one value neither knows
+    assert set(rows["codes"][:, 0].tolist()) == {1, 2, 3, 4, 5, 6}  # the int one-hot's codes and one more
+
+
+def _bad(doc: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return doc
+
+
+# (id, fixtures, change to their mapping, exit code, fragments of the error line, fragment of the hint)
+BAD = [
+    ("unknown merged input", ["digits_cnn", "digits_cnn_dynamo"], (["models", "digits_cnn", "input"], "picture"), 3,
+     ["models.digits_cnn.input", "unknown merged input 'picture'"], "image"),
+    ("string column into a float input", ["shop_onehot_str", "shop_lr"],
+     (["models", "shop_lr", "columns"], ["price", "color"]), 3, ["models.shop_lr.columns[1]", "'color' is string"],
+     "separate inputs"),
+    ("string column alone into a float input", ["shop_onehot_str", "shop_lr"],
+     (["models", "shop_onehot_str", "inputs", "price"], ["city"]), 4,
+     ["models.shop_onehot_str.inputs.price", "string column 'city' cannot feed float input 'price'"], "numeric"),
+    ("image into a columns input", ["digits_cnn", "digits_fusion"],
+     (["models", "digits_cnn"], {"path": str(FIXTURES / "digits_cnn.onnx"), "columns": ["ink"],
+                                 "classes": list(range(10))}), 4,
+     ["models.digits_cnn.columns", "[batch, 1, 8, 8]"], "input = "),
+    ("tensor into a table model", ["digits_cnn", "digits_stats_lr"],
+     (["models", "digits_stats_lr"], {"path": str(FIXTURES / "digits_stats_lr.onnx"), "input": "image"}), 4,
+     ["models.digits_stats_lr.input", "[?, 6]", "[N, 1, 8, 8]"], "same shape"),
+    ("mismatched image shapes", ["digits_cnn", "digits_cnn_dynamo"], (["inputs", "image", "shape"], ["N", 3, 8, 8]),
+     4, ["models.digits_cnn.input", "[batch, 1, 8, 8]", "[N, 3, 8, 8]", "inputs.image.shape"], "same shape"),
+    ("a column in two tables", ["shop_onehot_str", "shop_lr"],
+     (["inputs", "labels", "columns"], ["color", "price"]), 3, ["inputs.labels.columns[1]", "also in inputs.numbers"],
+     "unique"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[b[0] for b in BAD])
+def test_bad_bindings_are_one_error_line_naming_the_key(cli, tmp_path: Path, case: Any) -> None:
+    _, names, (path, value), code, fragments, hint = case
+    mapping = write_mapping(tmp_path / "m.toml", _bad(typed_mapping(names), path, value))
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx")
+    assert result.code == code, result.stderr
+    (line,) = result.error_lines
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    assert "hint: " in result.stderr and hint in result.stderr.split("hint: ", 1)[1]
+    assert "Traceback" not in result.stderr and not (tmp_path / "merged.onnx").exists()
+
+
+def test_verify_rechecks_a_typed_merge_from_its_provenance(cli, tmp_path: Path) -> None:
+    mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["digits_fusion", "digits_tokens", "digits_cnn"]))
+    out = tmp_path / "merged.onnx"
+    assert cli("merge", "--map", mapping, "--out", out).code == 0
+    result = cli("verify", out, "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["verification"]["passed"] and result.json["verification"]["max_abs_error"] <= TOL
+
+
+def test_gate_and_stack_on_typed_inputs_are_refused_with_a_hint(cli, tmp_path: Path) -> None:
+    mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["shop_onehot_str", "shop_lr"], "gate"))
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx")
+    assert result.code == 4 and "combiner.kind: gate" in result.error_lines[0] and "hint: use mean" in result.stderr
