@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint bench samples fixtures dist clean
+.PHONY: help install demo demo-images test lint bench samples fixtures dist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -21,6 +21,11 @@ install: $(STAMP) ## create/refresh the virtualenv in .venv with the package and
 demo: install ## merge the two sample models, verify, score them on held-out rows, run the merged model
 	$(BIN)/merge-models merge --map samples/features.toml --out build/merged.onnx --data samples/rows.csv --keep-outputs
 	$(BIN)/python samples/predict.py build/merged.onnx samples/rows.csv
+
+demo-images: install ## merge two digit CNNs (whole image input) and a tabular model, run it on held-out images
+	@mkdir -p build
+	$(BIN)/merge-models merge --map samples/images/images.toml --out build/images.onnx --keep-outputs
+	$(BIN)/python samples/images/predict.py build/images.onnx samples/images/rows.npz
 
 test: install ## run the whole test suite
 	$(BIN)/python -m pytest

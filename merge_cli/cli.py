@@ -529,7 +529,8 @@ def _print_inspect(info: ModelInfo) -> None:
     print_plain(f"{info.path}: {what}")
     head = doc["head"]
     replaced = doc["zipmap_replaced"]
-    rows: list[list[Cell]] = [["input", p["name"], p["type"], _shape(p["shape"]), ""] for p in doc["inputs"]]
+    rows: list[list[Cell]] = [["input", p["name"], p["type"], _shape(p["shape"]),
+                               "" if p["binding"].endswith("float32 table") else p["binding"]] for p in doc["inputs"]]
     for port in doc["outputs"]:
         note = ""
         if head and port["name"] == head["name"]:
@@ -577,7 +578,7 @@ def _print_init(starter: Starter) -> None:
     print_plain(f"wrote {doc['output']}: {len(doc['models'])} models, {len(doc['columns'])} columns, "
                 f"combiner {doc['combiner']}")
     _print_rows(console, ["model", "task", "columns", "file"], [
-        [m["name"], _task(m["task"]), _columns(m["columns"]), m["path"]] for m in doc["models"]])
+        [m["name"], _task(m["task"]), _columns(m["columns"], m["tensors"]), m["path"]] for m in doc["models"]])
     for m in doc["models"]:
         for note in m["notes"]:
             print_plain(f"note: {m['name']}: {note}")

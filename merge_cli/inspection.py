@@ -106,7 +106,7 @@ class ModelInfo:
             "nodes": self.nodes,
             "ops": self.ops,
             "initializers": {"count": self.initializers, "bytes": self.weight_bytes},
-            "inputs": [p.to_dict() for p in self.inputs],
+            "inputs": [p.to_dict() | {"binding": how_bound(p)} for p in self.inputs],
             "outputs": [p.to_dict() for p in self.outputs],
             "columns": self.columns,
             "task": self.task,
@@ -198,6 +198,16 @@ def input_width(port: Port) -> int | None:
     if len(port.shape) == 2 and isinstance(port.shape[1], int) and port.shape[1] > 0:
         return port.shape[1]
     return None
+
+
+def how_bound(port: Port) -> str:
+    """How a mapping can feed this input: columns of a table of its type, or a whole tensor input."""
+    width = input_width(port)
+    kind = {8: "string", 7: "int64", 6: "int32", 9: "bool", 11: "float64"}.get(port.elem_type, "float32")
+    if port.elem_type == 8 or (width is not None and (kind.startswith("float") or width == 1)):
+        count = "columns" if width is None else f"{width} column" + ("s" if width != 1 else "")
+        return f"{count} of {'an' if kind[0] == 'i' else 'a'} {kind} table"
+    return f"whole: {'an' if kind[0] == 'i' else 'a'} {kind} tensor [inputs.*]"
 
 
 def port_of(info: TensorInfo) -> Port:

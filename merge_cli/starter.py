@@ -24,6 +24,7 @@ from .mapping import COMBINER_KINDS, parse_mapping
 from .model_io import check_output_path, make_folders
 from .naming import unique_name
 from .splice import ROUTABLE_TYPES, match_routes
+from .starter_inputs import StarterInputs, lay_out, typed_port
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -58,6 +59,7 @@ class Starter:
     combiner: str
     notes: list[str] = field(default_factory=list)
     header_notes: list[str] = field(default_factory=list)  # from --columns-from, shown at the top
+    inputs: StarterInputs | None = None  # [inputs.*] instead of [input]: strings, integer codes or tensors
 
     @property
     def placeholders(self) -> int:
@@ -75,12 +77,14 @@ class Starter:
                 "name": m.name,
                 "path": m.path,
                 "columns": m.columns,
+                "tensors": [v for _, v in self.inputs.bindings[m.name] if isinstance(v, str)] if self.inputs else [],
                 "named_from_inputs": m.named,
                 "task": m.info.task,
                 "output": m.output,
                 "notes": m.notes,
             } for m in self.models],
             "combiner": self.combiner,
+            "inputs": [vars(i) for i in self.inputs.inputs] if self.inputs else None,
             "notes": self.header_notes + self.notes,
         }
 
@@ -98,12 +102,23 @@ def starter_mapping(paths: list[Path], out: Path | None, columns_from: Path | No
         name = unique_name(model_name(path), used)
         models.append(_starter_model(path, name, base))
     header_notes: list[str] = []
-    if columns_from is not None:
-        models, header_notes = name_from_header(models, read_header(columns_from), columns_from)
-    columns = list(dict.fromkeys(c for m in models for c in m.columns))
     dtype = "float64" if any(p.elem_type == DOUBLE for m in models for p in m.info.inputs) else "float32"
+    inputs = None
+    if any(typed_port(p) for m in models for p in m.info.inputs):
+        inputs = lay_out([(m.name, m.info.inputs) for m in models], dtype)
+        for m in models:
+            m.routes = [(port, cols) for port, cols in inputs.bindings[m.name] if isinstance(cols, list)]
+            m.named = all(c in {p.name for p in m.info.inputs} for c in m.columns)
+            m.notes = [n for n in m.notes if not n.startswith("input ")]  # the [inputs.*] tables take them
+    if columns_from is not None:
+        if inputs is not None:
+            header_notes = [f"--columns-from {columns_from.name} names the columns of one float table; "
+                            "these models read typed inputs, so it was not used"]
+        else:
+            models, header_notes = name_from_header(models, read_header(columns_from), columns_from)
+    columns = list(dict.fromkeys(c for m in models for c in m.columns))
     combiner, notes = _choose_combiner(models)
-    starter = Starter(out, "", columns, dtype, models, combiner, notes, header_notes)
+    starter = Starter(out, "", columns, dtype, models, combiner, notes, header_notes, inputs)
     starter.text = render(starter)
     check_starter(starter, base)
     return starter
@@ -252,8 +267,10 @@ def render(starter: Starter) -> str:
             "# names, here and in the models' lists. The file merges as it is, too.",
         ]
     out = starter.out.as_posix() if starter.out else "features.toml"
-    lines += [f"#   merge-models merge --map {_shell_word(out)} --out merged.onnx", "", "version = 1", "",
-              "[input]", 'name = "features"', f'dtype = "{starter.dtype}"   # float32 | float64',
+    lines += [f"#   merge-models merge --map {_shell_word(out)} --out merged.onnx", "", "version = 1", ""]
+    if starter.inputs is not None:
+        return _render_typed(starter, lines)
+    lines += ["[input]", 'name = "features"', f'dtype = "{starter.dtype}"   # float32 | float64',
               f"columns = {_list(starter.columns)}"]
     for m in starter.models:
         lines += ["", f"[models.{_key(m.name)}]", f"# {_about(m.info)}"]
@@ -275,6 +292,39 @@ def render(starter: Starter) -> str:
     lines += ["", "[combiner]"]
     lines += _notes(starter.notes)
     lines += [f"# {' | '.join(COMBINER_KINDS)} (see the README)", f'kind = "{starter.combiner}"']
+    return "\n".join(lines) + "\n"
+
+
+def _render_typed(starter: Starter, lines: list[str]) -> str:
+    """The [inputs.*] form: tables of typed columns, tensors passed whole, each model's bindings."""
+    assert starter.inputs is not None
+    lines[0:3] = [lines[0], "# Each [inputs.<name>] is one input of the merged model: a table (columns, routed to the",
+                  "# models that list them) or a tensor (passed whole to the models bound to it)."]
+    for item in starter.inputs.inputs:
+        lines += [f"[inputs.{_key(item.name)}]", f'dtype = "{item.dtype}"']
+        if item.columns is not None:
+            lines.append(f"columns = {_list(item.columns)}")
+        else:
+            dims = ", ".join(str(d) if isinstance(d, int) else _str(d) for d in item.shape or [])
+            lines.append(f"shape = [{dims}]   # the batch first")
+        lines.append("")
+    for m in starter.models:
+        lines += [f"[models.{_key(m.name)}]", f"# {_about(m.info)}"]
+        lines += _notes(m.notes)
+        lines.append(f"path = {_str(m.path)}   # relative to this file")
+        if m.output is not None:
+            lines.append(f"output = {_str(m.output)}   # chosen by init")
+        bound = starter.inputs.bindings[m.name]
+        if len(bound) == 1:
+            (_, value), = bound
+            lines.append(f"input = {_str(value)}" if isinstance(value, str) else f"columns = {_list(value)}")
+        else:
+            lines += ["", f"[models.{_key(m.name)}.inputs]   # per model input: columns, or a whole merged input"]
+            lines += [f"{_key(port)} = {_str(v) if isinstance(v, str) else _list(v)}" for port, v in bound]
+        lines.append("")
+    lines += ["[combiner]"]
+    lines += _notes(starter.notes)
+    lines += [f"# {' | '.join(COMBINERS)} (see the README)", f'kind = "{starter.combiner}"']
     return "\n".join(lines) + "\n"
 
 

@@ -140,7 +140,8 @@ def test_inspect_external_data_without_parsing_weights(cli, tmp_path: Path, monk
     assert doc["external_data"] == [{"path": str(data.resolve()), "bytes": data.stat().st_size}]
     assert doc["total_bytes"] == path.stat().st_size + data.stat().st_size
     assert doc["initializers"] == {"count": 1, "bytes": weights.nbytes}
-    assert doc["inputs"] == [{"name": "x", "type": "float", "shape": ["N", 64]}]  # w is an initializer
+    assert doc["inputs"] == [{"name": "x", "type": "float", "shape": ["N", 64],  # w is an initializer
+                              "binding": "64 columns of a float32 table"}]
     assert doc["task"] == "regression" and doc["head"]["name"] == "y" and doc["columns"] == 64
     assert "ext.weights" in cli("inspect", path).stdout
 

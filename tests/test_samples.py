@@ -76,3 +76,20 @@ def test_fresh_skl2onnx_classifiers_on_disjoint_columns(cli, tmp_path: Path, dat
     pb = run_model(tmp_path / "b.onnx", {"X": X[:, cols_b]})["probabilities"]
     np.testing.assert_allclose(merged["probabilities"], (pa + pb) / 2, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(merged["label"], np.argmax(pa + pb, axis=1))
+
+
+def test_image_sample_merges_two_cnns_and_a_table_model_as_their_mean(cli, tmp_path: Path) -> None:
+    """samples/images: a whole [N, 1, 8, 8] image input shared by two CNNs, a 16-column table for the third."""
+    out = tmp_path / "images.onnx"
+    result = cli("merge", "--map", SAMPLES / "images" / "images.toml", "--out", out, "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["verification"]["max_abs_error"] <= 1e-5
+    assert [i["name"] for i in result.json["inputs"]] == ["image", "grid"]
+    with np.load(SAMPLES / "images" / "rows.npz") as rows:
+        image, grid, y = rows["image"], rows["grid"], rows["y"]
+    parts = [run_model(SAMPLES / "images" / "cnn_small.onnx", {"image": image})["probabilities"],
+             run_model(SAMPLES / "images" / "cnn_deep.onnx", {"image": image})["probabilities"],
+             run_model(SAMPLES / "images" / "grid.onnx", {"X": grid})["probabilities"]]
+    merged = run_model(out, {"image": image, "grid": grid})
+    np.testing.assert_allclose(merged["probabilities"], sum(parts) / 3, atol=1e-5, rtol=0)
+    assert np.mean(merged["label"] == y) > 0.9  # held-out images none of the parts was trained on

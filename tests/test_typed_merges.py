@@ -180,3 +180,30 @@ def test_gate_and_stack_on_typed_inputs_are_refused_with_a_hint(cli, tmp_path: P
     mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["shop_onehot_str", "shop_lr"], "gate"))
     result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx")
     assert result.code == 4 and "combiner.kind: gate" in result.error_lines[0] and "hint: use mean" in result.stderr
+
+
+INIT_PAIRS = [(a, b) for _, (a, b) in CASES] + [("shop_ordinal_str", "digits_tokens")]
+
+
+@pytest.mark.parametrize("pair", INIT_PAIRS, ids=["+".join(p) for p in INIT_PAIRS])
+def test_init_writes_an_inputs_mapping_that_merges_as_written(cli, tmp_path: Path, pair: tuple[str, str]) -> None:
+    mapping = tmp_path / "m.toml"
+    made = cli("init", *(FIXTURES / f"{n}.onnx" for n in pair), "--out", mapping, "--json")
+    assert made.code == 0, made.stderr
+    assert "[inputs." in mapping.read_text() and "[input]" not in mapping.read_text()
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["verification"]["passed"] and result.json["verification"]["max_abs_error"] <= TOL
+    declared = {i["name"]: i for i in made.json["inputs"]}
+    assert [i["name"] for i in result.json["inputs"]] == list(declared)
+    if pair == ("digits_cnn", "digits_cnn_dynamo"):  # one image input, shared
+        assert declared == {"image": {"name": "image", "dtype": "float32", "columns": None, "shape": ["N", 1, 8, 8]}}
+
+
+def test_inspect_says_how_each_input_can_be_bound(cli) -> None:
+    fusion = cli("inspect", FIXTURES / "digits_fusion.onnx", "--json").json["inputs"]
+    assert [i["binding"] for i in fusion] == ["whole: a float32 tensor [inputs.*]", "3 columns of a float32 table"]
+    pipeline = cli("inspect", FIXTURES / "shop_onehot_int.onnx", "--json").json["inputs"]
+    assert pipeline[0]["binding"] == "1 column of an int64 table"
+    tokens = cli("inspect", FIXTURES / "digits_tokens.onnx")
+    assert "whole: an int64 tensor" in tokens.stdout
