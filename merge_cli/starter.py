@@ -324,7 +324,7 @@ def _render_typed(starter: Starter, lines: list[str]) -> str:
         lines.append("")
     lines += ["[combiner]"]
     lines += _notes(starter.notes)
-    lines += [f"# {' | '.join(COMBINERS)} (see the README)", f'kind = "{starter.combiner}"']
+    lines += [f"# {' | '.join(COMBINER_KINDS)} (see the README)", f'kind = "{starter.combiner}"']
     return "\n".join(lines) + "\n"
 
 
