@@ -43,6 +43,7 @@ def merge(
     atol: float = _ATOL,
     rtol: float = _RTOL,
     opset: int | None = None,
+    ir_version: int | None = None,
     external_data: bool = False,
     data: _PathLike | None = None,
     target: str | None = None,
@@ -52,7 +53,7 @@ def merge(
 
     The arguments are the command line's: `models` replace the mapping's paths in order (MODEL ...),
     `combiner`, `weights` ("0.7,0.3" or [0.7, 0.3]), `keep_outputs`, `verify=False` (--no-verify),
-    `rows`, `atol`, `rtol`, `opset`, `external_data`, `data` (real rows: verified on and scored) and
+    `rows`, `atol`, `rtol`, `opset`, `ir_version`, `external_data`, `data` (real rows: verified on and scored) and
     `target` (its column of true values). `mapping` may also be a ready MergeRequest (the rest is then
     ignored). `progress` is called with each step's name ("load", "convert", "verify", "write", ...).
 
@@ -71,7 +72,7 @@ def merge(
     request = MergeRequest(
         Path(mapping), output_path(out), tuple(Path(m) for m in models), combiner=combiner, weights=weights_of(weights),
         keep_outputs=keep_outputs, verify=verify, rows=rows, atol=atol, rtol=rtol, opset=opset,
-        external_data=external_data, data=None if data is None else Path(data), target=target,
+        ir_version=ir_version, external_data=external_data, data=None if data is None else Path(data), target=target,
     )
     return run_merge(request, progress)
 

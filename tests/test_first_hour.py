@@ -363,3 +363,13 @@ def test_an_ir_raised_by_the_combiner_is_said_and_can_be_capped(cli, tmp_path: P
     assert too_low.code == ExitCode.INCOMPATIBLE
     assert too_low.error_lines == ["error: --ir-version 3 is below IR 8, which opset 17 needs"]
     assert not (tmp_path / "m3.onnx").exists()
+
+
+def test_the_python_api_takes_ir_version(tmp_path: Path) -> None:
+    import onnx
+
+    from merge_cli import merge
+
+    result = merge(SAMPLES / "features.toml", tmp_path / "m.onnx", ir_version=9, rows=16)
+    assert result.ir_version == 9 and onnx.load(tmp_path / "m.onnx").ir_version == 9
+    assert result.verification is not None and result.verification.passed
