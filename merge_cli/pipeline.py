@@ -139,7 +139,7 @@ def build(request: MergeRequest, mapping: FeatureMapping, step: Stopwatch | None
         models_ir = max(p.model.ir_version for p in parts)
         converted = convert_parts(parts, request.opset, mapping, prepared, request.ir_version)
     parts, target, prepared = list(converted.parts), converted.target, converted.prepared
-    if target.ir_version > models_ir:
+    if request.ir_version is None and target.ir_version > models_ir:  # raised, not asked for
         warnings.append(ir_raised(models_ir, target.ir_version, prepared))
     if mapping.combiner.kind == "stack":
         with step("fit"):

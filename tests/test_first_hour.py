@@ -372,4 +372,5 @@ def test_the_python_api_takes_ir_version(tmp_path: Path) -> None:
 
     result = merge(SAMPLES / "features.toml", tmp_path / "m.onnx", ir_version=9, rows=16)
     assert result.ir_version == 9 and onnx.load(tmp_path / "m.onnx").ir_version == 9
+    assert result.warnings == []  # asked for, so not a warning
     assert result.verification is not None and result.verification.passed
