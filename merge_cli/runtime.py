@@ -447,24 +447,16 @@ def part_session(part: Part) -> onnxruntime.InferenceSession:
 
 
 def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Run the ORIGINAL file; a ZipMap output (a list of dicts) comes back as the [N, K] tensor it wraps.
+    """Run the ORIGINAL file (a session from part_session: a ZipMap's tensor is an output of it).
 
     The part's head, when align_heads reshaped or reordered it, is added in its aligned form too.
     """
-    fed_by = {tensor: zipmap for zipmap, tensor in part.zipmaps.items()}
-    available = {o.name for o in session.get_outputs()}
-    fetch = [fed_by[o.name] if fed_by.get(o.name) in available else o.name for o in part.outputs]
+    fetch = [o.name for o in part.outputs]
     try:
         values = session.run(fetch, part_feed(part, rows))
     except Exception as e:
         raise bad_input(part.source.path, f"onnxruntime cannot run this model: {first_line(e)}") from None
-    out = {}
-    for o, name, value in zip(part.outputs, fetch, values, strict=True):
-        if name in part.zipmaps:
-            classes = part.zipmap_classes.get(o.name, ())
-            dtype = NUMPY_OF_TYPE.get(o.elem_type, np.float32)
-            value = np.array([[row[c] for c in classes] for row in value], dtype=dtype).reshape(-1, len(classes))
-        out[o.name] = np.asarray(value)
+    out = {name: np.asarray(value) for name, value in zip(fetch, values, strict=True)}
     if part.adapter is not None:
         out[part.head.name] = part.adapter.numpy(out[part.adapter.source])
     return out
