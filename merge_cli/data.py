@@ -11,6 +11,7 @@ import io
 import math
 import os
 import stat
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,9 @@ def read_data(path: Path, inputs: Sequence[MergedInput], target: str | None = No
         data = Rows(path, MappingProxyType(features), values, target if values is not None else None)
     elif suffix == ".parquet":
         data = _read_parquet(path, read_file(path), inputs, target)
-    else:  # the bytes are the callee's alone: it lets them go once they are parsed
-        data = _read_text(path, read_file(path), inputs, target)
+    else:
+        with _open(path) as f:
+            data = _read_text(path, f, inputs, target)
     if len(data) == 0:
         raise bad_input(path, "has no rows")
     if data.target is not None and len(data.target) != len(data):
@@ -254,16 +256,16 @@ def _plan(path: Path, header: list[str], inputs: Sequence[MergedInput], target: 
     return _Plan(header, columns, {s.name for s in inputs if _is_text(s)}, position.get(target) if target else None)
 
 
-def _read_text(path: Path, blob: bytes, inputs: Sequence[MergedInput], target: str | None) -> Rows:
-    """CSV/TSV: pyarrow when installed (its errors are re-read by numpy, whose messages name the line),
-    else numpy.loadtxt on all columns as numbers, then as text, then Python's csv module for the error."""
-    end = blob.find(b"\n", 0, MAX_HEADER + 1)
-    header, start = _header(path, blob if end < 0 else blob[: end + 1])
+def _read_text(path: Path, f: io.BufferedReader, inputs: Sequence[MergedInput], target: str | None) -> Rows:
+    """CSV/TSV, parsed as it is read (the file's bytes are not held beside the arrays): pyarrow when
+    installed (its errors are re-read by numpy, whose messages name the line), else numpy.loadtxt on
+    all columns as numbers, then (from the bytes) as text, then Python's csv module for the error."""
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        raise bad_input(path, "is empty")
+    header, start = _header(path, f.readline(MAX_HEADER + 1))
     plan = _plan(path, header, inputs, target)
-    if not blob[start:start + 4096].strip() and not blob[start:].strip():
-        raise bad_input(path, "has no rows")
-    cells = _arrow_csv(path, blob, start, plan) or _numpy_csv(path, blob, start, plan)
-    del blob  # parsed: the file's bytes need not stay beside the arrays made of them
+    cells = _arrow_csv(path, f, plan) or _numpy_csv(path, f, start, size, plan)
     return _assemble(path, plan, cells, target)
 
 
@@ -289,22 +291,29 @@ def _assemble(path: Path, plan: _Plan, cells: Cells, target: str | None) -> Rows
     return Rows(path, MappingProxyType(inputs), values, target if values is not None else None)
 
 
-def _numpy_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> Cells:
+def _numpy_csv(path: Path, f: io.BufferedReader, start: int, size: int, plan: _Plan) -> Cells:
     """numpy.loadtxt's C parser: every column as float64 in one pass (the common case: all numbers);
     failing that, the used columns as text, converted column by column; failing that, _careful_csv."""
     options: dict[str, Any] = {"delimiter": _delimiter(path), "comments": None, "quotechar": '"', "ndmin": 2,
                                "encoding": "utf-8"}
     width = len(plan.header)
     if not plan.text:
+        f.seek(start)
         try:
-            table = np.loadtxt(_at(blob, start), dtype=np.float64, **options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data": said as "has no rows"
+                table = np.loadtxt(f, dtype=np.float64, **options)
             if table.shape[1] == width:
                 return lambda i: table[:, i]
         except ValueError:
             pass
+    f.seek(0)
+    blob = f.read(size)  # no more than the file said it holds
     if _text_pass_fits(np.frombuffer(blob, dtype=np.uint8, offset=start), width, options["delimiter"], len(plan.used)):
         try:
-            text = np.loadtxt(_at(blob, start), dtype=str, usecols=plan.used, **options)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                text = np.loadtxt(_at(blob, start), dtype=str, usecols=plan.used, **options)
             numeric = [i for i in plan.used if i != plan.target and not _text_column(plan, i)]
             out = {i: text[:, k] for k, i in enumerate(plan.used)}
             if numeric:
@@ -396,7 +405,7 @@ def _arrow() -> Any:
     return pyarrow
 
 
-def _arrow_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> Cells | None:
+def _arrow_csv(path: Path, f: io.BufferedReader, plan: _Plan) -> Cells | None:
     """pyarrow.csv on the used columns (None without pyarrow or on any error: numpy re-reads and explains)."""
     pa = _arrow()
     if pa is None:
@@ -406,7 +415,7 @@ def _arrow_csv(path: Path, blob: bytes, start: int, plan: _Plan) -> Cells | None
     types |= {f"c{i}": pa.string() for i in plan.used if _text_column(plan, i)}
     try:
         table = pa.csv.read_csv(
-            pa.BufferReader(pa.py_buffer(blob).slice(start)),
+            f,
             read_options=pa.csv.ReadOptions(column_names=names, block_size=8 << 20),
             parse_options=pa.csv.ParseOptions(delimiter=_delimiter(path)),
             convert_options=pa.csv.ConvertOptions(include_columns=[names[i] for i in plan.used], column_types=types,
