@@ -209,3 +209,11 @@ def finite_records(rows: np.ndarray) -> np.ndarray:
         if field.dtype.kind in "fc":
             ok &= np.isfinite(field.reshape(len(rows), -1)).all(axis=1)
     return ok
+
+
+def data_rows(inputs: MergedInputs, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Real rows (--data: an array per merged input) as verification takes them: the one float table of an
+    `[input]` mapping as it is, else records like typed_rows' with each input in its own dtype."""
+    if inputs.single_table and inputs.tables[0].dtype in ("float32", "float64"):
+        return arrays[inputs.items[0].name].astype(inputs.items[0].dtype)
+    return records({i.name: np.asarray(arrays[i.name]).astype(NUMPY_DTYPE[i.dtype]) for i in inputs.items})

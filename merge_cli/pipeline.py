@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .combiners import Head, Prepared, reference
 from .convert import Target, capped_ir, common_target, convert_part, needs_legacy_trees
+from .draws import data_rows
 from .errors import ExitCode, MergeError, bad_input, incompatible
 from .heads import align_heads
 from .inputs import TableInput
@@ -79,7 +80,7 @@ def merge(request: MergeRequest, progress: Progress | None = None) -> MergeResul
     with step("read mapping"):
         mapping = read_mapping(request)
         check_output_path(out, input_files(mapping, request))
-        check_typed_support(mapping, request.data)
+        check_typed_support(mapping)
     hashes = hash_in_background([m.path for m in mapping.models])  # read once the weights are copied
     built = build(request, mapping, step)
     check_output_path(out, input_files(mapping, request) + [f for lm in built.loaded for f in lm.data_files])
@@ -176,7 +177,7 @@ def verify_built(merged: Path, built: Built) -> VerifyReport:
                 expected.update({f"{part.name}/{name}": value for name, value in values.items()})
         return expected
 
-    real = built.rows.features.astype(mapping.input.dtype) if built.rows is not None else None
+    real = data_rows(mapping.inputs, built.rows.inputs) if built.rows is not None else None
     if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):
         random = random_rows(request.rows, len(mapping.inputs.columns), mapping.inputs.tables[0].dtype)
     else:  # records with a field per merged input, drawn per input (draws.py)
@@ -190,7 +191,7 @@ def verify_built(merged: Path, built: Built) -> VerifyReport:
         raise
 
 
-def check_typed_support(mapping: FeatureMapping, data: Path | None) -> None:
+def check_typed_support(mapping: FeatureMapping) -> None:
     """What a mapping of several or typed inputs cannot do yet: gate and stack read one float table."""
     if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):
         return
@@ -198,9 +199,6 @@ def check_typed_support(mapping: FeatureMapping, data: Path | None) -> None:
         raise incompatible(mapping.source, f"combiner.kind: {mapping.combiner.kind} reads one float table; this "
                            "mapping has several or typed [inputs.*]", "use mean, weighted, vote, sum, max, min, "
                            "concat or onnx")
-    if data is not None:
-        raise incompatible(data, "--data rows for several or typed [inputs.*] are not read yet",
-                           "merge without --data: verification draws rows for every input")
 
 
 def input_shapes(model: ModelProto) -> dict[str, list[Any]]:

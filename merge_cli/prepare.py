@@ -11,6 +11,7 @@ import numpy as np
 
 from .combiners import Head, Prepared, gate_rows, read_user_graph, stack_task
 from .data import Rows, read_data, resolve_target
+from .draws import data_rows
 from .errors import bad_input
 from .mapping import FeatureMapping
 from .parts import Part
@@ -26,7 +27,7 @@ def data_defaults(mapping: FeatureMapping, data: str | Path | None, target: str 
     data/target where the file gives none (e.g. for --combiner stack)."""
     if data is None:  # MergeRequest refuses a target without data
         return mapping
-    resolved = resolve_target(Path(data), [mapping.input], target)
+    resolved = resolve_target(Path(data), mapping.inputs.items, target)
     comb = mapping.combiner
     if comb.data is None:
         comb = replace(comb, data=Path(data), target=resolved)
@@ -39,7 +40,7 @@ def prepare_combiner(spec: FeatureMapping, data: Path | None, target: str | None
     if data is not None:
         if spec.combiner.data is not None and _same_file(spec.combiner.data, data):
             target = target or spec.combiner.target
-        rows = read_data(data, [spec.input], resolve_target(data, [spec.input], target, strict=False))
+        rows = read_data(data, spec.inputs.items, resolve_target(data, spec.inputs.items, target, strict=False))
     if spec.combiner.kind == "onnx":
         assert spec.combiner.path is not None
         return Prepared(graph=read_user_graph(spec.combiner.path, spec)), rows
@@ -126,7 +127,7 @@ def score_rows(merged: Path, parts: list[Part], heads: list[Head], spec: Feature
     classes = heads[0].classes
     if task == "classification" and any(h.classes != classes for h in heads):
         return None
-    x = rows.features.astype(spec.input.dtype)
+    x = data_rows(spec.inputs, rows.inputs)
     seen = known.last(x) if known is not None else None
     models = []
     part_outputs = list(seen.parts) if seen is not None and seen.parts is not None else run_parts(parts, x)

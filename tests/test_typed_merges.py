@@ -207,3 +207,32 @@ def test_inspect_says_how_each_input_can_be_bound(cli) -> None:
     assert pipeline[0]["binding"] == "1 column of an int64 table"
     tokens = cli("inspect", FIXTURES / "digits_tokens.onnx")
     assert "whole: an int64 tensor" in tokens.stdout
+
+
+def test_data_rows_verify_and_score_typed_merges(cli, tmp_path: Path) -> None:
+    """--data: a CSV whose string columns are read as text, and an .npz with one array per merged input."""
+    import csv
+
+    inputs, y = typed_data("shop")
+    rows = tmp_path / "shop.csv"
+    with open(rows, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["price", "weight", "color", "city", "size", "y"])
+        writer.writerows([*inputs["numbers"][i], *inputs["labels"][i], *inputs["codes"][i], y[i]] for i in range(60))
+    mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["shop_onehot_str", "shop_ordinal_str", "shop_onehot_int"]))
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "shop.onnx", "--data", rows, "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["verification"]["rows"] == 256 + 60 and result.json["verification"]["max_abs_error"] <= TOL
+    merged = next(m for m in result.json["scores"]["models"] if m["model"] == "merged")
+    want_p, want_label = expected(["shop_onehot_str", "shop_ordinal_str", "shop_onehot_int"], "mean")
+    assert merged["rows"] == 60 and merged["accuracy"] == pytest.approx(np.mean(want_label[:60] == y[:60]))
+
+    digits, labels = typed_data("digits")
+    npz = tmp_path / "digits.npz"
+    np.savez(npz, image=digits["image"][:50], stats=digits["stats"][:50], y=labels[:50])
+    mapping = write_mapping(tmp_path / "d.toml", typed_mapping(["digits_fusion", "digits_cnn"], "vote"))
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "digits.onnx", "--data", npz, "--json")
+    assert result.code == 0, result.stderr
+    merged = next(m for m in result.json["scores"]["models"] if m["model"] == "merged")
+    _, want_label = expected(["digits_fusion", "digits_cnn"], "vote")
+    assert merged["accuracy"] == pytest.approx(np.mean(want_label[:50] == labels[:50]))
