@@ -54,7 +54,7 @@ def fit_combiner(spec: FeatureMapping, parts: list[Part], prepared: Prepared, ro
         return prepared
     assert comb.data is not None and comb.target is not None
     if rows is None or not _same_file(comb.data, rows.path) or rows.target_name != comb.target:
-        rows = read_data(comb.data, [spec.input], comb.target)
+        rows = read_data(comb.data, spec.inputs.items, comb.target)
     return replace(prepared, stack=fit(spec, parts, rows))
 
 
@@ -73,7 +73,7 @@ def fit(spec: FeatureMapping, parts: list[Part], rows: Rows) -> StackModel:
     task, k = stack_task(heads, spec.source)
     if rows.target is None:
         raise bad_input(rows.path, f"no target column {spec.combiner.target!r}")
-    x = rows.features.astype(spec.input.dtype)
+    x = data_rows(spec.inputs, rows.inputs)
     outputs = [o[p.head.name] for p, o in zip(parts, run_parts(parts, x), strict=True)]
     if task == "classification":
         assert heads[0].classes is not None
@@ -89,7 +89,9 @@ def fit(spec: FeatureMapping, parts: list[Part], rows: Rows) -> StackModel:
         raise bad_input(rows.path, f"{int(usable.sum())} rows with a target; stack needs at least {2 * folds} "
                         f"for {folds}-fold cross-validation", "give more rows, or fewer folds (folds = ...)")
     keep = np.flatnonzero(usable)
-    return fit_stack(task, [o[keep] for o in outputs], x[keep].astype(np.float64), y[keep],  # type: ignore[arg-type]
+    # passthrough columns come from one float table; records of typed inputs have none (check_typed_support)
+    table = x[keep].astype(np.float64) if x.dtype.names is None else np.zeros((len(keep), 0))
+    return fit_stack(task, [o[keep] for o in outputs], table, y[keep],  # type: ignore[arg-type]
                      [p.name for p in parts], spec.combiner.passthrough, spec.combiner.alpha, folds, k)
 
 

@@ -176,10 +176,26 @@ def test_verify_rechecks_a_typed_merge_from_its_provenance(cli, tmp_path: Path) 
     assert result.json["verification"]["passed"] and result.json["verification"]["max_abs_error"] <= TOL
 
 
-def test_gate_and_stack_on_typed_inputs_are_refused_with_a_hint(cli, tmp_path: Path) -> None:
+def test_gate_and_stack_passthrough_on_typed_inputs_are_refused_with_a_hint(cli, tmp_path: Path) -> None:
     mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["shop_onehot_str", "shop_lr"], "gate"))
     result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx")
     assert result.code == 4 and "combiner.kind: gate" in result.error_lines[0] and "hint: use mean" in result.stderr
+    doc = typed_mapping(["shop_onehot_str", "shop_lr"])
+    doc["combiner"] = {"kind": "stack", "data": "rows.csv", "target": "y", "passthrough": ["price"]}
+    result = cli("merge", "--map", write_mapping(tmp_path / "s.toml", doc), "--out", tmp_path / "merged.onnx")
+    assert result.code == 4 and "combiner.passthrough" in result.error_lines[0] and "hint: drop passthrough" in result.stderr
+
+
+def test_stack_learns_from_typed_rows(cli, tmp_path: Path) -> None:
+    digits, labels = typed_data("digits")
+    np.savez(tmp_path / "rows.npz", image=digits["image"][1200:1400], stats=digits["stats"][1200:1400],
+             y=labels[1200:1400])
+    doc = typed_mapping(["digits_fusion", "digits_stats_lr"])
+    doc["combiner"] = {"kind": "stack", "data": "rows.npz", "target": "y", "folds": 3}
+    result = cli("merge", "--map", write_mapping(tmp_path / "m.toml", doc), "--out", tmp_path / "merged.onnx", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["verification"]["passed"] and result.json["verification"]["max_abs_error"] <= TOL
+    assert result.json["stack"]["rows"] == 200
 
 
 INIT_PAIRS = [(a, b) for _, (a, b) in CASES] + [("shop_ordinal_str", "digits_tokens")]
