@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from merge_cli.errors import ExitCode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import make_mlp  # noqa: E402
 from conftest import to_toml as toml  # noqa: E402
 from conftest import write_mapping as write_doc  # noqa: E402
 
@@ -78,19 +79,6 @@ def make_regressor(width: int = 2, out_dims: list[int] | None = None, *, weight:
                               [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", *out_dims])],
                               initializer=[w, shape])
     return helper.make_model(graph, ir_version=ir, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def make_mlp(width: int = 2, hidden: int = HIDDEN, seed: int = 0) -> onnx.ModelProto:
-    """y = relu(x @ W1) @ W2: weights over 1 KiB, so they are read by reference (and can live outside)."""
-    rng = np.random.default_rng(seed)
-    w1 = numpy_helper.from_array(rng.standard_normal((width, hidden)).astype(np.float32), "W1")
-    w2 = numpy_helper.from_array(rng.standard_normal((hidden, 1)).astype(np.float32) / hidden, "W2")
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="layer1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "W2"], ["y"], name="layer2")]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], initializer=[w1, w2])
-    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:

@@ -56,6 +56,74 @@ def run_console(*args: str | Path, cwd: Path | None = None) -> CliResult:
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+# ---------------------------------------------------------------------------- small models shared by the tests
+
+REGRESSOR_13 = """
+<ir_version: 7, opset_import: ["" : 13]>
+g (float[N,2] x) => (float[N,1] y) <float[2,1] w = {0.5, -1.0}, float[1] b = {0.25}>
+{
+  t = MatMul(x, w)
+  y = Add(t, b)
+}
+"""
+
+
+REGRESSOR_17 = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,2] x) => (float[N,1] y) <float[2,1] w = {2.0, 3.0}, float[1] b = {-1.0}>
+{
+  t = MatMul(x, w)
+  y = Add(t, b)
+}
+"""
+
+
+REDUCESUM_11 = """
+<ir_version: 6, opset_import: ["" : 11]>
+g (float[N,3] x) => (float[N,1] y)
+{
+  sq = Mul(x, x)
+  y = ReduceSum<axes=[1], keepdims=1>(sq)
+}
+"""
+
+
+# The If branches read the outer initializers w and v: onnx.compose.add_prefix leaves those unprefixed.
+IF_OUTER_SCOPE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,2] x) => (float[N,2] y) <float[2] w = {2.0, 3.0}, float[2] v = {-1.0, 1.0}>
+{
+  s = ReduceSum<keepdims=0>(x)
+  zero = Constant<value = float {0.0}>()
+  c = Greater(s, zero)
+  y = If(c) <then_branch = t () => (float[N,2] o1) { o1 = Mul(x, w) },
+             else_branch = e () => (float[N,2] o2) { o2 = Add(x, v) }>
+}
+"""
+
+
+def make_mlp(width: int = 2, hidden: int = 300, seed: int = 0, *, bias: bool = False, ir: int = 8) -> onnx.ModelProto:
+    """y = relu(x @ W1 [+ B1]) @ W2 [+ B2]: the tests' one MLP. Its weights are over 1 KiB (hidden >= 128), so
+    merge-models reads them by reference (and they can live in external data)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weights = {"W1": rng.standard_normal((width, hidden)).astype(np.float32),
+               "W2": rng.standard_normal((hidden, 1)).astype(np.float32) / hidden}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="layer1")]
+    if bias:
+        weights |= {"B1": rng.standard_normal(hidden).astype(np.float32), "B2": rng.standard_normal(1).astype(np.float32)}
+        nodes.append(helper.make_node("Add", ["h", "B1"], ["hb"], name="bias1"))
+    nodes += [helper.make_node("Relu", ["hb" if bias else "h"], ["r"], name="relu"),
+              helper.make_node("MatMul", ["r", "W2"], ["z" if bias else "y"], name="layer2")]
+    if bias:
+        nodes.append(helper.make_node("Add", ["z", "B2"], ["y"], name="bias2"))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+                              initializer=[numpy_helper.from_array(w, n) for n, w in weights.items()])
+    return helper.make_model(graph, ir_version=ir, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def save_text_model(path: Path, text: str) -> Path:
     """Write a model given in ONNX text syntax, checked on the way."""
     model = onnx.parser.parse_model(text)

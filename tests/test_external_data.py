@@ -11,7 +11,6 @@ import onnx
 import pytest
 from bad_inputs import (
     HIDDEN,
-    make_mlp,
     make_regressor,
     mapping_doc,
     save,
@@ -19,7 +18,7 @@ from bad_inputs import (
     set_external,
     write_doc,
 )
-from conftest import rows, run_model
+from conftest import make_mlp, rows, run_model
 from onnx import TensorProto, helper, numpy_helper
 
 import merge_cli

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bad_inputs import COLUMNS, make_mlp, make_regressor, mapping_doc, save, toml
-from conftest import SAMPLES
+from bad_inputs import COLUMNS, make_regressor, mapping_doc, save, toml
+from conftest import SAMPLES, make_mlp
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 

@@ -9,8 +9,7 @@ import os
 from pathlib import Path
 
 import onnx
-from conftest import save_text_model, write_mapping
-from test_splice import IF_OUTER_SCOPE, REDUCESUM_11, REGRESSOR_13
+from conftest import IF_OUTER_SCOPE, REDUCESUM_11, REGRESSOR_13, save_text_model, write_mapping
 
 GOLDEN = Path(__file__).parent / "golden" / "merged_small.txt"
 

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from bad_inputs import make_mlp, make_regressor, mapping_doc, save, two_regressors, write_doc
-from conftest import rows, run_model, write_mapping
+from bad_inputs import make_regressor, mapping_doc, save, two_regressors, write_doc
+from conftest import make_mlp, rows, run_model, write_mapping
 from hostile_inputs import ml5_tree
 from test_interrupt import EXE, start, wait_for
 

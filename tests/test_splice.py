@@ -8,47 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import rows, run_model, save_text_model, write_mapping
-
-REGRESSOR_13 = """
-<ir_version: 7, opset_import: ["" : 13]>
-g (float[N,2] x) => (float[N,1] y) <float[2,1] w = {0.5, -1.0}, float[1] b = {0.25}>
-{
-  t = MatMul(x, w)
-  y = Add(t, b)
-}
-"""
-
-REGRESSOR_17 = """
-<ir_version: 8, opset_import: ["" : 17]>
-g (float[N,2] x) => (float[N,1] y) <float[2,1] w = {2.0, 3.0}, float[1] b = {-1.0}>
-{
-  t = MatMul(x, w)
-  y = Add(t, b)
-}
-"""
-
-REDUCESUM_11 = """
-<ir_version: 6, opset_import: ["" : 11]>
-g (float[N,3] x) => (float[N,1] y)
-{
-  sq = Mul(x, x)
-  y = ReduceSum<axes=[1], keepdims=1>(sq)
-}
-"""
-
-# The If branches read the outer initializers w and v: onnx.compose.add_prefix leaves those unprefixed.
-IF_OUTER_SCOPE = """
-<ir_version: 8, opset_import: ["" : 17]>
-g (float[N,2] x) => (float[N,2] y) <float[2] w = {2.0, 3.0}, float[2] v = {-1.0, 1.0}>
-{
-  s = ReduceSum<keepdims=0>(x)
-  zero = Constant<value = float {0.0}>()
-  c = Greater(s, zero)
-  y = If(c) <then_branch = t () => (float[N,2] o1) { o1 = Mul(x, w) },
-             else_branch = e () => (float[N,2] o2) { o2 = Add(x, v) }>
-}
-"""
+from conftest import IF_OUTER_SCOPE, REDUCESUM_11, REGRESSOR_13, REGRESSOR_17, rows, run_model, save_text_model, write_mapping
 
 LOCAL_FUNCTION = """
 <ir_version: 8, opset_import: ["" : {opset}, "local" : 1]>

@@ -13,7 +13,8 @@ import onnx
 import pytest
 from conftest import rows, save_text_model
 
-from merge_cli.combiners import Head, Prepared, build_combiner, reference
+from merge_cli.combiners import build_combiner, reference
+from merge_cli.combining import Head, Prepared
 from merge_cli.convert import Target, common_target, convert_part
 from merge_cli.heads import align_heads
 from merge_cli.mapping import parse_mapping

@@ -14,30 +14,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLES, rows, run_model, write_mapping
-from onnx import TensorProto, helper, numpy_helper
+from conftest import SAMPLES, make_mlp, rows, run_model, write_mapping
+from onnx import numpy_helper
 
 
 def mlp(path: Path, inputs: int, hidden: int, seed: int, *, external: bool = False, ir: int = 8) -> dict[str, np.ndarray]:
-    """A two-layer MLP whose weights are large enough to be kept by reference; returns its weights."""
-    rng = np.random.default_rng(seed)
-    weights = {
-        "W0": rng.standard_normal((inputs, hidden), dtype=np.float32),
-        "B0": rng.standard_normal(hidden, dtype=np.float32),
-        "W1": rng.standard_normal((hidden, 1), dtype=np.float32),
-        "B1": rng.standard_normal(1, dtype=np.float32),
-    }
-    nodes = [
-        helper.make_node("MatMul", ["x", "W0"], ["h0"]),
-        helper.make_node("Add", ["h0", "B0"], ["h1"]),
-        helper.make_node("Relu", ["h1"], ["h2"]),
-        helper.make_node("MatMul", ["h2", "W1"], ["h3"]),
-        helper.make_node("Add", ["h3", "B1"], ["y"]),
-    ]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", inputs])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
-                              initializer=[numpy_helper.from_array(w, n) for n, w in weights.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=ir)
+    """conftest's MLP (with biases) saved at `path`; returns its weights by name."""
+    model = make_mlp(inputs, hidden, seed, bias=True, ir=ir)
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}  # before a save moves them out
     if external:
         onnx.save(model, path, save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
     else:
