@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .combiners import Head, Prepared, reference
+from .combiners import reference
+from .combining import Head, Prepared
 from .convert import Target, capped_ir, common_target, convert_part, needs_legacy_trees
 from .draws import data_rows
 from .errors import ExitCode, MergeError, bad_input, incompatible

@@ -9,13 +9,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .combiners import Head, Prepared, gate_rows, read_user_graph, stack_task
+from .combiners import stack_task
+from .combining import Head, Prepared
 from .data import Rows, read_data, resolve_target
 from .draws import data_rows
 from .errors import bad_input
+from .gate import gate_rows
 from .mapping import FeatureMapping
 from .parts import Part
 from .scores import Predictions, ScoreTable, class_indices, score_table
+from .user_graph import read_user_graph
 
 if TYPE_CHECKING:
     from .runtime import Outputs

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
-from .combiners import Head, Prepared, build_combiner
+from .combiners import build_combiner
+from .combining import Head, Prepared
 from .convert import Target
 from .errors import incompatible
 from .graphs import TensorInfo, copied, graph_names, is_default_domain, subgraphs
