@@ -18,7 +18,7 @@ from . import __version__
 from .errors import ExitCode, MergeError, bad_input, usage
 from .graphs import default_opset
 from .mapping import FeatureMapping
-from .model_io import load_model, sha256_file
+from .model_io import hash_in_background, load_model
 from .pipeline import Stopwatch, build, verify_built
 from .provenance import VERSION_KEY, recorded_mapping, recorded_sources
 from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, MergeRequest
@@ -129,15 +129,21 @@ def find_sources(props: dict[str, str], mapping: FeatureMapping, merged: Path, m
         raise bad_input(folder, "is not a folder of source models")
     found: list[Source] = []
     problems: list[tuple[Path, str, str]] = []  # (file, what is wrong, model)
+    located = []
     for m in mapping.models:
         entry = recorded.get(m.name)
         if entry is None:
             raise bad_input(merged, f"its provenance records no source file for model {m.name!r}")
-        path, where = _source_path(m.name, entry["file"], merged, moved, folder, flag)
-        if not path.is_file():
+        located.append((m, entry, *_source_path(m.name, entry["file"], merged, moved, folder, flag)))
+    hashes = hash_in_background([path for *_, path, _ in located if path.is_file()])  # one thread per core
+    for m, entry, path, where in located:
+        if path not in hashes:
             problems.append((path, f"source of model {m.name!r} not found ({where})", m.name))
             continue
-        digest = sha256_file(path)
+        try:
+            digest = hashes[path].result()
+        except OSError as e:
+            raise bad_input(path, f"cannot read: {e.strerror or e}") from None
         if digest != entry["sha256"]:
             changed = (f"is not the file model {m.name!r} was merged from" if m.name in moved
                        else f"source of model {m.name!r} has changed since the merge")
