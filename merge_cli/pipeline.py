@@ -226,6 +226,12 @@ def typed_random_rows(n: int, mapping: FeatureMapping, parts: list[Part], shapes
                 tensors[r.whole] = tensors.get(r.whole, NONE) | found.get(info.name, NONE)
             else:
                 routed.append((found.get(info.name, NONE), r.columns))
+    for item in mapping.inputs.items:
+        shape = shapes.get(item.name, [])
+        if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            raise incompatible(mapping.source, f"inputs.{item.name}: verification needs its sizes after the batch, "
+                               f"but its shape is [{', '.join(map(str, shape))}]",
+                               f'give them: shape = ["N", ...] in [inputs.{item.name}], or merge with --no-verify')
     columns = column_categories(routed, len(mapping.inputs.columns))
     return typed_rows(n, mapping.inputs, shapes, columns, tensors)
 

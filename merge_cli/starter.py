@@ -106,13 +106,16 @@ def starter_mapping(paths: list[Path], out: Path | None, columns_from: Path | No
     inputs = None
     if any(typed_port(p) for m in models for p in m.info.inputs):
         inputs = lay_out([(m.name, m.info.inputs) for m in models], dtype)
+        header_notes += [f"inputs.{i.name}: the models leave sizes after the batch open; give them in shape "
+                         "(verification draws tensors of that shape)" for i in inputs.inputs
+                         if i.shape is not None and not all(isinstance(d, int) for d in i.shape[1:])]
         for m in models:
             m.routes = [(port, cols) for port, cols in inputs.bindings[m.name] if isinstance(cols, list)]
             m.named = all(c in {p.name for p in m.info.inputs} for c in m.columns)
             m.notes = [n for n in m.notes if not n.startswith("input ")]  # the [inputs.*] tables take them
     if columns_from is not None:
         if inputs is not None:
-            header_notes = [f"--columns-from {columns_from.name} names the columns of one float table; "
+            header_notes += [f"--columns-from {columns_from.name} names the columns of one float table; "
                             "these models read typed inputs, so it was not used"]
         else:
             models, header_notes = name_from_header(models, read_header(columns_from), columns_from)

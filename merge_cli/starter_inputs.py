@@ -63,7 +63,7 @@ def lay_out(models: list[tuple[str, list[Port]]], float_dtype: str) -> StarterIn
     """The [inputs.*] tables for these models (name, input ports) and what each model input is bound to."""
     out = StarterInputs()
     tables: dict[str, StarterInput] = {}
-    tensors: dict[tuple[str, str, tuple[int | str, ...]], StarterInput] = {}
+    tensors: dict[tuple[str, str, int], StarterInput] = {}  # (input name, dtype, rank) -> the shared tensor
     column_dtype: dict[str, str] = {}
     taken: set[str] = set()
     for name, ports in models:
@@ -71,12 +71,17 @@ def lay_out(models: list[tuple[str, list[Port]]], float_dtype: str) -> StarterIn
         for port in ports:
             dtype = DTYPE_OF.get(port.elem_type, "float32")
             if as_tensor(port):
-                shape = tuple(["N", *(port.shape or [])[1:]])
-                key = (port.name, dtype, shape)
-                if key not in tensors:
-                    tensors[key] = StarterInput(unique_name(port.name, taken), dtype, shape=list(shape))
-                    out.inputs.append(tensors[key])
-                bound.append((port.name, tensors[key].name))
+                shape: list[int | str] = ["N", *(port.shape or [])[1:]]
+                key = (port.name, dtype, len(shape))
+                shared = tensors.get(key)
+                if shared is not None and shared.shape is not None and _fits(shared.shape, shape):
+                    # a size one model fixes and another leaves open: the fixed one (verification needs it)
+                    shared.shape = [b if isinstance(b, int) else a for a, b in zip(shared.shape, shape, strict=True)]
+                else:
+                    shared = StarterInput(unique_name(port.name, taken), dtype, shape=shape)
+                    tensors.setdefault(key, shared)
+                    out.inputs.append(shared)
+                bound.append((port.name, shared.name))
                 continue
             dtype = float_dtype if dtype in ("float32", "float64") else dtype
             table = TABLE_OF.get(dtype, "features")
@@ -95,3 +100,8 @@ def lay_out(models: list[tuple[str, list[Port]]], float_dtype: str) -> StarterIn
         out.bindings[name] = bound
     out.inputs.sort(key=lambda i: i.columns is None)  # tables first, then tensors, each in order of first use
     return out
+
+
+def _fits(a: list[int | str], b: list[int | str]) -> bool:
+    """Two shapes one tensor can have: equal wherever both are fixed."""
+    return all(not isinstance(x, int) or not isinstance(y, int) or x == y for x, y in zip(a[1:], b[1:], strict=True))

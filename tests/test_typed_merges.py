@@ -252,3 +252,31 @@ def test_data_rows_verify_and_score_typed_merges(cli, tmp_path: Path) -> None:
     merged = next(m for m in result.json["scores"]["models"] if m["model"] == "merged")
     _, want_label = expected(["digits_fusion", "digits_cnn"], "vote")
     assert merged["accuracy"] == pytest.approx(np.mean(want_label[:50] == labels[:50]))
+
+
+OPEN_SIZES = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,3,H,W] image) => (float[N,3] y)
+{
+  y = ReduceMean <axes = [2, 3], keepdims = 0> (image)
+}
+"""
+
+
+def test_a_tensor_with_open_sizes_needs_its_shape_in_the_mapping(cli, tmp_path: Path) -> None:
+    from conftest import save_text_model
+
+    model = save_text_model(tmp_path / "pool.onnx", OPEN_SIZES)
+    mapping = tmp_path / "m.toml"
+    assert cli("init", model, "--out", mapping).code == 0
+    assert "give them in shape" in mapping.read_text()
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx")
+    assert result.code == 4 and "inputs.image: verification needs its sizes" in result.error_lines[0]
+    assert 'hint: give them: shape = ["N", ...]' in result.stderr
+    mapping.write_text(mapping.read_text().replace('shape = ["N", 3, "H", "W"]', 'shape = ["N", 3, 5, 7]'))
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["inputs"][0]["shape"] == ["N", 3, 5, 7]
+    image = np.random.default_rng(0).standard_normal((4, 3, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(run_model(tmp_path / "merged.onnx", {"image": image})["prediction"],
+                               image.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
