@@ -1,4 +1,4 @@
-"""Real rows (--data): a CSV, .npz or Parquet file read once into a frozen Data of per-input arrays and a target.
+"""Real rows (--data): a CSV, .npz or Parquet file read once into frozen Rows: per-input arrays and a target.
 
 One reader serves verification, scores and the stack fit. It reads at most what the file holds
 (devices, procfs and sysfs files are refused) and checks sizes an .npz declares before it allocates.
@@ -7,6 +7,7 @@ One reader serves verification, scores and the stack fit. It reads at most what 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
@@ -54,11 +55,11 @@ def read_data(path: Path, inputs: Sequence[MergedInput], target: str | None = No
     """Read `path` once: each input's columns (CSV/Parquet header names; .npz: an array per input name,
     `X` for a single table, or one per column; tensors from .npz only) and the `target` column or array
     (None: no target)."""
+    suffix = _format(path)
     tensors = [i.name for i in inputs if isinstance(i, TensorInput)]
-    if tensors and path.suffix.lower() != ".npz":
+    if tensors and suffix != ".npz":
         raise bad_input(path, f"input {tensors[0]!r} is a tensor, which a table of columns cannot hold",
                         f"give a .npz file with an array {tensors[0]!r} (the batch first) per tensor input")
-    suffix = path.suffix.lower()
     if suffix == ".npz":
         features, values = read_npz(path, read_file(path), inputs, target)
         data = Rows(path, MappingProxyType(features), values, target if values is not None else None)
@@ -232,10 +233,11 @@ class _Plan:
     text: set[str]  # inputs of text columns
     target: int | None
 
-    @property
+    @functools.cached_property
     def used(self) -> list[int]:
-        return sorted({i for cols in self.columns.values() for i in cols} | ({self.target} if self.target is not None
-                                                                              else set()))
+        """Every position read: the inputs' columns and the target, in file order."""
+        target = {self.target} if self.target is not None else set()
+        return sorted({i for cols in self.columns.values() for i in cols} | target)
 
 
 def _plan(path: Path, header: list[str], inputs: Sequence[MergedInput], target: str | None) -> _Plan:

@@ -77,10 +77,11 @@ def test_text_columns_are_read_as_text(tmp_path: Path, engine: str) -> None:
     ("A,B\n1,2\n", "has no column 'C'"),
     ("A,B,C\n", "has no rows"),
     ("", "is empty"),
+    ("A,B,C\n1,2,3\n", "unknown data format '.xlsx'"),
     ("A,B,C\n1,2,\xff\n", "not valid UTF-8"),
 ])
 def test_bad_csv_files_say_what_and_where(tmp_path: Path, engine: str, text: str, fragment: str) -> None:
-    path = tmp_path / "rows.csv"
+    path = tmp_path / ("rows.xlsx" if "xlsx" in fragment else "rows.csv")
     path.write_bytes(text.encode("utf-8", "surrogateescape").replace(b"\xc3\xbf", b"\xff"))
     with pytest.raises(MergeError) as e:
         read_data(path, [FEATURES])
