@@ -29,6 +29,7 @@ from .model_io import (
     hash_in_background,
     load_model,
     needs_external_data,
+    sha256_file,
     staging_dir,
     write_model,
 )
@@ -290,7 +291,7 @@ def input_files(mapping: FeatureMapping, request: MergeRequest) -> list[Path]:
 
 def _digest(hashes: dict[Path, Future[str]], path: Path) -> str:
     try:
-        return hashes[path].result()
+        return hashes[path].result() if path in hashes else sha256_file(path)  # external data: hashed now
     except OSError as e:
         raise bad_input(path, f"cannot read: {e.strerror or e}") from None
 

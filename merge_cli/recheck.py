@@ -18,9 +18,9 @@ from . import __version__
 from .errors import ExitCode, MergeError, bad_input, usage
 from .graphs import default_opset
 from .mapping import FeatureMapping
-from .model_io import hash_in_background, load_model
-from .pipeline import Stopwatch, build, verify_built
-from .provenance import VERSION_KEY, recorded_mapping, recorded_sources
+from .model_io import hash_in_background, load_model, sha256_file
+from .pipeline import Built, Stopwatch, build, verify_built
+from .provenance import VERSION_KEY, check_inside, recorded_mapping, recorded_sources
 from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, MergeRequest
 from .runtime import VerifyReport
 
@@ -92,7 +92,7 @@ def verify_merged(
     with step("read provenance"):
         proto = load_model(merged).proto
         props = {p.key: p.value for p in proto.metadata_props}
-        mapping = recorded_mapping(props, merged)
+        mapping = recorded_mapping(props, merged, sources_dir)
         found = find_sources(props, mapping, merged, dict(sources or {}), sources_dir, from_cli)
         mapping = replace(mapping, models=tuple(replace(m, path=s.path) for m, s in zip(mapping.models, found,
                                                                                         strict=True)))
@@ -101,6 +101,7 @@ def verify_merged(
     request = MergeRequest(mapping, merged, keep_outputs=keep_outputs, rows=rows, atol=atol, rtol=rtol,
                            opset=default_opset(proto), data=data, from_cli=from_cli)
     built = build(request, mapping, step)
+    check_data_files(props, merged, built)
     expected_outputs = [o.name for o in built.model.graph.output]
     if merged_outputs != expected_outputs:
         raise MergeError(ExitCode.VERIFY_FAILED, merged,
@@ -166,11 +167,38 @@ def _source_path(name: str, recorded: str, merged: Path, moved: dict[str, Path],
     """Where model `name`'s source should be, and how that was decided (for the error if it is not there)."""
     if name in moved:
         return moved[name], f"given as {flag} {name}={moved[name]}"
+    folder_flag = "--source FOLDER" if flag == "--source" else "sources_dir=FOLDER"
+    hint = f"pass {flag} {name}=PATH or {folder_flag}, where the files it was merged from are"
     if folder is not None:
-        return folder / Path(recorded).name, f"looked up by its recorded name {Path(recorded).name!r} in {folder}"
-    # recorded relative to the merged file's real folder (mapping.canonical resolves both)
-    path = _shown(Path(os.path.normpath(merged.resolve().parent / recorded)))
+        base = Path(recorded).name
+        if base in ("", ".", ".."):
+            raise bad_input(merged, f"its provenance records model {name!r}'s source as {recorded!r}, not a file name",
+                            hint)
+        return folder / base, f"looked up by its recorded name {base!r} in {folder}"
+    # recorded relative to the merged file's real folder (mapping.canonical resolves both), and kept inside it
+    path = _shown(Path(os.path.normpath(check_inside(merged, f"model {name!r}'s source", recorded, hint))))
     return path, f"recorded as {recorded!r}, relative to {merged.name}"
+
+
+def check_data_files(props: dict[str, str], merged: Path, built: Built) -> None:
+    """The external data files each source model reads, against the sha256 the merge recorded (files
+    merged before this was recorded have no list: nothing to compare)."""
+    recorded = {s["model"]: s.get("data", []) for s in recorded_sources(props, merged)}
+    for spec, loaded in zip(built.mapping.models, built.loaded, strict=False):
+        wanted = {d["file"]: d["sha256"] for d in recorded.get(spec.name, [])}
+        folder = loaded.path.parent
+        for f in loaded.data_files:
+            name = f.relative_to(folder).as_posix() if f.is_relative_to(folder) else f.name
+            digest = sha256_file(f)
+            if name in wanted and digest != wanted[name]:
+                raise bad_input(f, f"external data of model {spec.name!r} has changed since the merge (sha256 "
+                                f"{digest[:12]}..., {merged.name} was built from {wanted[name][:12]}...)",
+                                "merge again, or restore the weights it was merged from")
+        missing = sorted(set(wanted) - {f.relative_to(folder).as_posix() if f.is_relative_to(folder) else f.name
+                                        for f in loaded.data_files})
+        if missing:
+            raise bad_input(loaded.path, f"model {spec.name!r} no longer reads the external data {missing[0]!r} it "
+                            "was merged with", "merge again, or restore the file it was merged from")
 
 
 def _shown(path: Path) -> Path:

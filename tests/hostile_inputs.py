@@ -9,6 +9,7 @@ json=True run a second time with --json, to keep the suite fast.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +20,15 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from bad_inputs import (  # noqa: E402
     GOOD_YAML,
+    OUT,
     Case,
+    external_mlp,
     make_regressor,
     mapping_doc,
     merge_args,
     save,
     two_regressors,
+    with_a,
 )
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
@@ -219,6 +223,103 @@ HOSTILE_CASES += [
     Case("ml5_tree_short_attribute_unverified", _broken_tree(_set_ints("nodes_featureids", [0])),
          ExitCode.BAD_INPUT, "a.onnx", "differ in length"),
 ]
+
+
+# ---------------------------------------------------------------------------- verify on a forged merged file
+
+
+def _merged(d: Path, *extra: str) -> Path:
+    """d/merged.onnx merged from d/a.onnx and d/b.onnx (sources recorded beside it)."""
+    from merge_cli.cli import main
+
+    args = two_regressors(d)
+    args[args.index("--rows") + 1] = "4"
+    assert main([*args, "--quiet", *extra]) == 0
+    return d / "merged.onnx"
+
+
+def _forged(edit: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+            raw: dict[str, str] | None = None) -> Callable[[Path], list[str]]:
+    """verify on merged.onnx whose recorded mapping and sources `edit` changed (or `raw` replaced)."""
+
+    def build(d: Path) -> list[str]:
+        merged = _merged(d)
+        model = onnx.load(merged)
+        props = {p.key: p.value for p in model.metadata_props}
+        mapping, sources = json.loads(props["merge_models.mapping"]), json.loads(props["merge_models.sources"])
+        if edit is not None:
+            edit(mapping, sources)
+        props |= {"merge_models.mapping": json.dumps(mapping), "merge_models.sources": json.dumps(sources)}
+        props |= raw or {}
+        del model.metadata_props[:]
+        helper.set_model_props(model, props)
+        save(model, merged)
+        return ["verify", str(merged), "--rows", "4"]
+
+    return build
+
+
+def _source_file(value: Any) -> Callable[[dict[str, Any], list[dict[str, Any]]], None]:
+    def edit(mapping: dict[str, Any], sources: list[dict[str, Any]]) -> None:
+        sources[0]["file"] = value
+        mapping["models"]["a"]["path"] = value if isinstance(value, str) else "a.onnx"
+
+    return edit
+
+
+def _combiner(entry: dict[str, Any]) -> Callable[[dict[str, Any], list[dict[str, Any]]], None]:
+    return lambda mapping, sources: mapping.update(combiner=entry)
+
+
+def _symlinked_source(d: Path) -> list[str]:
+    args = _forged(_source_file("link.onnx"))(d)
+    (d / "link.onnx").symlink_to("/etc/passwd")
+    return args
+
+
+OUTSIDE = "outside the merged file's folder"
+HOSTILE_CASES += [
+    Case("verify_forged_source_etc_passwd", _forged(_source_file("/etc/passwd")), ExitCode.BAD_INPUT, OUT, OUTSIDE,
+         hint=True, json=True),
+    Case("verify_forged_source_dotdot", _forged(_source_file("../../a.onnx")), ExitCode.BAD_INPUT, OUT, OUTSIDE,
+         hint=True),
+    Case("verify_forged_source_symlink_out", _symlinked_source, ExitCode.BAD_INPUT, OUT, OUTSIDE, hint=True),
+    Case("verify_forged_onnx_combiner_etc_passwd", _forged(_combiner({"kind": "onnx", "path": "/etc/passwd"})),
+         ExitCode.BAD_INPUT, OUT, OUTSIDE, hint=True, json=True),
+    Case("verify_forged_stack_data_outside", _forged(_combiner({"kind": "stack", "data": "../outside.csv",
+                                                                "target": "y", "folds": 2, "alpha": 1.0,
+                                                                "passthrough": []})),
+         ExitCode.BAD_INPUT, OUT, OUTSIDE, hint=True),
+    Case("verify_provenance_nested_100k_deep", _forged(raw={"merge_models.mapping": "[" * 100_000 + "]" * 100_000}),
+         ExitCode.BAD_INPUT, OUT, "nested more than", json=True),
+    Case("verify_sources_nested_100k_deep", _forged(raw={"merge_models.sources": "[" * 100_000 + "]" * 100_000}),
+         ExitCode.BAD_INPUT, OUT, "nested more than"),
+    Case("verify_sources_of_wrong_types", _forged(raw={"merge_models.sources": '[{"model": 1, "file": [], '
+                                                                                 '"sha256": 5}]'}),
+         ExitCode.BAD_INPUT, OUT, "not a list of sources"),
+    Case("verify_mapping_of_wrong_types", _forged(raw={"merge_models.mapping": '{"models": [1, 2], "input": 3}'}),
+         ExitCode.BAD_INPUT, OUT, "is not a mapping merge-models wrote"),
+    Case("verify_provenance_with_nan", _forged(raw={"merge_models.sources": '[{"model": "a", "file": "a.onnx", '
+                                                                              '"sha256": NaN}]'}),
+         ExitCode.BAD_INPUT, OUT, "NaN is not JSON"),
+]
+
+
+def changed_external_weights(d: Path) -> list[str]:
+    """a.onnx reads its weights from a.bin; a.bin changes after the merge, a.onnx does not."""
+    from merge_cli.cli import main
+
+    args = with_a(d, lambda p: external_mlp(d))
+    args[args.index("--rows") + 1] = "4"
+    assert main([*args, "--quiet"]) == 0
+    data = bytearray((d / "a.bin").read_bytes())
+    data[100] ^= 0xFF
+    (d / "a.bin").write_bytes(bytes(data))
+    return ["verify", str(d / OUT), "--rows", "4"]
+
+
+HOSTILE_CASES.append(Case("verify_sees_changed_external_weights", changed_external_weights, ExitCode.BAD_INPUT,
+                          "a.bin", "external data of model 'a' has changed since the merge", hint=True, json=True))
 
 
 if __name__ == "__main__":

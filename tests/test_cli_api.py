@@ -78,6 +78,6 @@ def test_a_request_is_built_once_and_verify_rebuilds_from_the_file(tmp_path: Pat
 
     request = MergeRequest(SAMPLES / "features.toml", tmp_path / "m.onnx", rows=32)
     assert merge(request).output == request.out
-    checked = verify(request.out, rows=32)
+    checked = verify(request.out, rows=32, sources_dir=SAMPLES)
     assert checked.passed and [s.model for s in checked.sources] == ["a", "b"]
     assert inspect(request.out).to_dict()["inputs"][0]["name"] == "features"

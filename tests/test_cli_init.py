@@ -93,7 +93,7 @@ def test_naming_the_placeholder_columns_is_all_there_is_to_do(cli, tmp_path: Pat
     result = cli("merge", "--map", mapping, "--out", out, "--json")
     assert result.code == 0, result.stderr
     assert result.json["models"][1]["columns"][0] == "compactness error"
-    verified = cli("verify", out, "--data", SAMPLES / "rows.csv", "--json")
+    verified = cli("verify", out, "--source", SAMPLES, "--data", SAMPLES / "rows.csv", "--json")
     assert verified.code == 0, verified.stderr
     assert verified.json["data"]["rows"] == len((SAMPLES / "rows.csv").read_text().splitlines()) - 1
 

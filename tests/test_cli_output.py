@@ -146,7 +146,7 @@ def test_progress_on_a_terminal_only_and_quiet(workdir: Path) -> None:
     for step in ("load...", "convert...", "write...", "verify..."):
         assert step in terminal
     assert "rows with onnxruntime: ok" in stdout and "load..." not in stdout
-    code, stdout, terminal = with_terminal_stderr("verify", "build/m.onnx", cwd=workdir)
+    code, stdout, terminal = with_terminal_stderr("verify", "build/m.onnx", "--source", "samples", cwd=workdir)
     assert code == 0 and "verify..." in terminal
     code, stdout, terminal = with_terminal_stderr("merge", "--map", "samples/features.toml", "--out",
                                                   "build/m.onnx", "--quiet", cwd=workdir)

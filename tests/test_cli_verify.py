@@ -18,12 +18,11 @@ ROWS = SAMPLES / "rows.csv"
 
 @pytest.fixture
 def merged(cli, tmp_path: Path) -> Path:
-    """The samples merged from a copy in src/ into out/merged.onnx (sources recorded as ../src/...)."""
-    src = tmp_path / "src"
-    src.mkdir()
+    """The samples merged from a copy in out/src/ into out/merged.onnx (sources recorded as src/...)."""
+    src = tmp_path / "out" / "src"
+    src.mkdir(parents=True)
     for name in ("model_a.onnx", "model_b.onnx", "features.toml"):
         shutil.copy(SAMPLES / name, src / name)
-    (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "merged.onnx"
     result = cli("merge", "--map", src / "features.toml", "--out", out, "--quiet")
     assert result.code == 0, result.stderr
@@ -38,9 +37,9 @@ def test_verify_finds_and_checks_the_sources(cli, merged: Path) -> None:
     result = cli("verify", merged, "--json")
     assert result.code == 0, result.stderr
     doc = result.json
-    src = merged.parent.parent / "src"
-    assert [(s["model"], s["recorded"]) for s in doc["sources"]] == [("a", "../src/model_a.onnx"),
-                                                                     ("b", "../src/model_b.onnx")]
+    src = merged.parent / "src"
+    assert [(s["model"], s["recorded"]) for s in doc["sources"]] == [("a", "src/model_a.onnx"),
+                                                                     ("b", "src/model_b.onnx")]
     assert [s["sha256"] for s in doc["sources"]] == [sha256(src / "model_a.onnx"), sha256(src / "model_b.onnx")]
     assert doc["outputs"] == ["label", "probabilities"]
     v = doc["verification"]
@@ -64,12 +63,12 @@ def test_verify_on_real_rows(cli, merged: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_moved_sources_are_a_clear_error_and_source_points_at_them(cli, merged: Path) -> None:
-    src = merged.parent.parent / "src"
+    src = merged.parent / "src"
     moved = src.rename(src.with_name("elsewhere"))
     result = cli("verify", merged)
     assert result.code == ExitCode.BAD_INPUT
     assert len(result.error_lines) == 1
-    assert "source of model 'a' not found (recorded as '../src/model_a.onnx', relative to merged.onnx)" in result.stderr
+    assert "source of model 'a' not found (recorded as 'src/model_a.onnx', relative to merged.onnx)" in result.stderr
     assert "hint: pass --source a=PATH" in result.stderr
     as_json = cli("verify", merged, "--json")
     assert as_json.code == ExitCode.BAD_INPUT and as_json.json["error"]["kind"] == "bad_input"
@@ -80,21 +79,21 @@ def test_moved_sources_are_a_clear_error_and_source_points_at_them(cli, merged: 
 
 
 def test_changed_source_is_refused_by_its_sha256(cli, merged: Path) -> None:
-    source = merged.parent.parent / "src" / "model_a.onnx"
+    source = merged.parent / "src" / "model_a.onnx"
     model = onnx.load(source)
     model.doc_string = "retrained"  # any change: even one that computes the same
     onnx.save(model, source)
     result = cli("verify", merged)
     assert result.code == ExitCode.BAD_INPUT
     assert "source of model 'a' has changed since the merge" in result.stderr
-    swapped = cli("verify", merged, "--source", f"a={merged.parent.parent / 'src' / 'model_b.onnx'}")
+    swapped = cli("verify", merged, "--source", f"a={merged.parent / 'src' / 'model_b.onnx'}")
     assert swapped.code == ExitCode.BAD_INPUT
     assert "is not the file model 'a' was merged from" in swapped.stderr
 
 
 def test_outputs_that_differ_fail_with_exit_1(cli, merged: Path) -> None:
     """A file whose provenance says mean but which computes a weighted mean does not verify."""
-    src = merged.parent.parent / "src"
+    src = merged.parent / "src"
     weighted = merged.with_name("weighted.onnx")
     assert cli("merge", "--map", src / "features.toml", "--out", weighted, "--combiner", "weighted",
                "--weights", "0.9,0.1", "-q").code == 0
@@ -120,7 +119,7 @@ def test_outputs_that_differ_fail_with_exit_1(cli, merged: Path) -> None:
 
 def test_kept_outputs_are_verified_too(cli, merged: Path) -> None:
     kept = merged.with_name("kept.onnx")
-    assert cli("merge", "--map", merged.parent.parent / "src" / "features.toml", "--out", kept,
+    assert cli("merge", "--map", merged.parent / "src" / "features.toml", "--out", kept,
                "--keep-outputs", "-q").code == 0
     result = cli("verify", kept, "--json")
     assert result.code == 0, result.stderr
@@ -160,7 +159,7 @@ def test_verify_refuses_a_file_without_provenance(cli) -> None:
 
 
 def test_every_missing_source_is_named_in_one_run_and_a_folder_finds_them(cli, merged: Path) -> None:
-    src = merged.parent.parent / "src"
+    src = merged.parent / "src"
     moved = src.rename(src.with_name("elsewhere"))
     result = cli("verify", merged)
     assert result.code == ExitCode.BAD_INPUT and len(result.error_lines) == 1

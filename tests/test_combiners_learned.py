@@ -363,10 +363,10 @@ def test_stack_from_the_command_line_on_npz_rows(cli, wine: Job, tmp_path: Path)
     assert "in-sample" in result.stdout  # scores on the rows the stack was fitted on are labelled as such
     provenance = {p.key: p.value for p in onnx.load(out).metadata_props}
     assert '"kind":"stack"' in provenance["merge_models.mapping"]
-    later = cli("verify", out, "--json")  # the stack is refitted on the recorded rows: the same weights
+    later = cli("verify", out, "--source", wine.dir, "--json")  # the stack is refitted on the recorded rows
     assert later.code == 0 and later.json["verification"]["passed"] is True
     np.savez(data, X=wine.X[wine.test], y=wine.y[wine.test])  # other rows: another fit, which the file is not
-    assert cli("verify", out).code == 1
+    assert cli("verify", out, "--source", wine.dir).code == 1
 
 
 def test_stack_embeds_the_fit_as_matmul_add_softmax(cli, wine: Job) -> None:
@@ -634,6 +634,8 @@ def test_new_combiners_on_converter_output_verify_now_and_later(cli, tmp_path: P
     doc = merge_json(cli, mapping, out, "--data", tmp_path / "rows.csv")
     assert [m["model"] for m in doc["scores"]["models"]] == ["m0", "m1", "m2", "merged"]
     assert doc["scores"]["models"][-1]["rows"] == doc["scores"]["rows"]
-    later = cli("verify", out, "--data", tmp_path / "rows.csv", "--json")
+    from make_fixtures import HERE
+
+    later = cli("verify", out, "--source", HERE, "--data", tmp_path / "rows.csv", "--json")
     assert later.code == 0, later.stderr
     assert later.json["verification"]["passed"] is True

@@ -302,7 +302,7 @@ def test_classes_in_another_order_are_aligned_by_label(cli, tmp_path: Path) -> N
     np.testing.assert_allclose(merged["probabilities"][:, 2], (lgbm[2] + torch_columns[:, 0]) / 2, atol=TOL)
     np.testing.assert_allclose(merged["probabilities"][:, 0], (lgbm[0] + torch_columns[:, 1]) / 2, atol=TOL)
     # `verify` rebuilds the merge from the provenance: the same alignment, the same numbers
-    again = cli("verify", out, "--json")
+    again = cli("verify", out, "--source", FIXTURE_DIR, "--json")
     assert again.code == 0, again.stderr
 
 

@@ -160,7 +160,7 @@ def test_twenty_thousand_nodes_sharing_one_name_get_unique_names_fast() -> None:
 
 def test_a_30000_node_ml5_tree_is_rewritten_in_linear_time(tmp_path: Path) -> None:
     """An ml 5 TreeEnsemble next to an old-style tree is rewritten as TreeEnsembleRegressor; `key in list`
-    made that quadratic (30,000 nodes: 87 s). Twice the nodes must take about twice the time."""
+    made that quadratic (30,000 nodes: 87 s)."""
     from onnx import helper, numpy_helper
 
     from merge_cli.trees import _regressor_attributes
@@ -173,8 +173,7 @@ def test_a_30000_node_ml5_tree_is_rewritten_in_linear_time(tmp_path: Path) -> No
         assert len(out["nodes_nodeids"]) == 2 * branches + 1
         return time.perf_counter() - start
 
-    small, large = rewrite(7_500), rewrite(30_000)
-    assert large < 10 * small + 0.5, (small, large)  # quadratic: 16x
+    assert rewrite(30_000) < 5  # ~0.2 s here; quadratic, 15,000 nodes took 28 s
 
 
 def test_twenty_thousand_model_inputs_are_matched_in_linear_time(tmp_path: Path) -> None:
@@ -193,5 +192,4 @@ def test_twenty_thousand_model_inputs_are_matched_in_linear_time(tmp_path: Path)
         assert len(match_routes(part)) == n  # type: ignore[arg-type]
         return time.perf_counter() - start
 
-    small, large = match(5_000), match(20_000)
-    assert large < 10 * small + 0.5, (small, large)  # quadratic: 16x
+    assert match(20_000) < 2  # ~0.02 s here; quadratic, 10,000 took 44 s

@@ -171,7 +171,7 @@ def test_verify_rechecks_a_typed_merge_from_its_provenance(cli, tmp_path: Path) 
     mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["digits_fusion", "digits_tokens", "digits_cnn"]))
     out = tmp_path / "merged.onnx"
     assert cli("merge", "--map", mapping, "--out", out).code == 0
-    result = cli("verify", out, "--json")
+    result = cli("verify", out, "--source", FIXTURES, "--json")  # the sources are not beside the merged file
     assert result.code == 0, result.stderr
     assert result.json["verification"]["passed"] and result.json["verification"]["max_abs_error"] <= TOL
 
