@@ -175,7 +175,7 @@ def tensor_bytes(tensor: TensorProto, loaded: LoadedModel) -> int:
     import numpy as np
     from onnx import helper
 
-    ref = ref_of(tensor, loaded.refs)
+    ref = ref_of(tensor)
     if ref is not None:
         return ref.length
     if tensor.HasField("raw_data"):

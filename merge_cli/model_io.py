@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .errors import bad_input, cannot_write, first_line
 from .process import interrupts_deferred
-from .wire import PROTOBUF_LIMIT, ByteRange, Refs, WireError, new_token, read_range, read_skeleton, ref_of
+from .wire import PROTOBUF_LIMIT, ByteRange, WireError, read_range, read_skeleton, ref_of, reference_location
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -38,13 +38,12 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 _ELEMENT_TYPE_FIELDS = ("elem_type", "data_type", "key_type")  # int32 fields holding a TensorProto.DataType
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedModel:
     """A model as read from disk: its structure parsed, its large weights kept by reference."""
 
     path: Path
     proto: ModelProto
-    refs: Refs
     data_files: list[Path] = field(default_factory=list)
 
     @property
@@ -72,9 +71,8 @@ def load_model(path: Path) -> LoadedModel:
     if st.st_size > PROTOBUF_LIMIT:  # checked before reading: protobuf cannot hold it, so it is not one model file
         raise bad_input(path, f"is {st.st_size / 2**30:.1f} GiB; one protobuf file cannot exceed 2 GiB",
                         "save the model with external data (onnx.save(..., save_as_external_data=True))")
-    refs: Refs = {}
     try:
-        skeleton = read_skeleton(path, refs)
+        skeleton = read_skeleton(path)
     except WireError as e:
         raise bad_input(path, f"not an ONNX model: {e}") from None
     except OSError as e:
@@ -88,9 +86,9 @@ def load_model(path: Path) -> LoadedModel:
         raise bad_input(path, "not an ONNX model: it has no graph (a GraphProto or another message?)",
                         "pass the .onnx file that onnx.save wrote (a ModelProto)")
     check_fields(model, path)
-    data_files = resolve_external_data(model, path, refs)
-    check_tensor_sizes(model, refs, path)
-    return LoadedModel(path, model, refs, data_files)
+    data_files = resolve_external_data(model, path)
+    check_tensor_sizes(model, path)
+    return LoadedModel(path, model, data_files)
 
 
 def _decode_problem(e: Exception) -> str:
@@ -133,7 +131,7 @@ def check_fields(model: ModelProto, path: Path) -> None:
 # ---------------------------------------------------------------------------- external data
 
 
-def resolve_external_data(model: ModelProto, path: Path, refs: Refs) -> list[Path]:
+def resolve_external_data(model: ModelProto, path: Path) -> list[Path]:
     """Turn each external-data tensor into a reference (main graph) or inline bytes (elsewhere), safely.
 
     Every tensor is checked, wherever it is: onnx's own loader skips sparse tensors, but onnxruntime
@@ -143,15 +141,14 @@ def resolve_external_data(model: ModelProto, path: Path, refs: Refs) -> list[Pat
     base = Path(os.path.abspath(path)).parent.resolve()
     files: dict[Path, None] = {}
     for tensor, top_level in list(iter_tensors(model)):
-        if tensor.data_location != _EXTERNAL or ref_of(tensor, refs) is not None:
+        if tensor.data_location != _EXTERNAL or ref_of(tensor) is not None:
             continue
         ref = external_range(tensor, base, path)
         files[Path(ref.path)] = None
         if top_level:
-            token = new_token()  # unique across models: their refs end up in one dict
-            refs[token] = ref
             del tensor.external_data[:]
-            for key, value in (("location", token), ("length", str(ref.length))):
+            for key, value in (("location", reference_location(ref.path)), ("offset", str(ref.offset)),
+                               ("length", str(ref.length))):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
         else:
@@ -243,7 +240,7 @@ def iter_tensors(model: ModelProto) -> Iterator[tuple[TensorProto, bool]]:
                 stack.append((value, msg is model and fd.name == "graph"))
 
 
-def check_tensor_sizes(model: ModelProto, refs: Refs, path: Path) -> None:
+def check_tensor_sizes(model: ModelProto, path: Path) -> None:
     """Tensor data must be exactly as large as its dims say (guards huge dims with little or no data)."""
     for tensor, _ in iter_tensors(model):
         if tensor.HasField("segment"):
@@ -254,7 +251,7 @@ def check_tensor_sizes(model: ModelProto, refs: Refs, path: Path) -> None:
                 raise bad_input(path, f"tensor {tensor.name!r} has a negative dimension {d}")
             count *= d
         dims = list(tensor.dims)
-        ref = ref_of(tensor, refs)
+        ref = ref_of(tensor)
         if ref is not None or tensor.HasField("raw_data"):
             have = ref.length if ref is not None else len(tensor.raw_data)
             itemsize = _FIXED_SIZE.get(tensor.data_type)
@@ -275,17 +272,19 @@ def check_tensor_sizes(model: ModelProto, refs: Refs, path: Path) -> None:
 # ---------------------------------------------------------------------------- checking
 
 
-def check_model(model: ModelProto, refs: Refs, file: Path | str | None, full: bool = False) -> None:
+def check_model(model: ModelProto, file: Path | str | None, full: bool = False) -> None:
     """Run onnx.checker on a skeleton, by path: referenced weights point at one empty placeholder file."""
     from onnx import ModelProto, checker
 
     copy = ModelProto()
     copy.CopyFrom(model)
     for tensor in copy.graph.initializer:
-        if ref_of(tensor, refs) is not None:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = "placeholder.data"
+        ref = ref_of(tensor)
+        if ref is not None:
+            del tensor.external_data[:]
+            for key, value in (("location", "placeholder.data"), ("length", str(ref.length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
     with scratch_dir(None, "merge-models-check-") as tmp:
         (Path(tmp) / "placeholder.data").touch()
         model_path = Path(tmp) / "model.onnx"
@@ -511,7 +510,7 @@ def needs_external_data(size: int) -> bool:
     return size > PROTOBUF_LIMIT - EXTERNAL_MARGIN
 
 
-def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool,
+def write_model(model: ModelProto, staged: Path, external: bool,
                 finish: Callable[[ModelProto], None] | None = None) -> list[Path]:
     """Write model (and its data file when external) into the staging dir; return the files written.
 
@@ -526,13 +525,13 @@ def write_model(model: ModelProto, refs: Refs, staged: Path, external: bool,
         if external:
             data = data_path(staged)
             with open(staged, "xb") as f, open(data, "xb") as d:
-                write_with_external_data(model, refs, f, d, data.name, finish=finish)
+                write_with_external_data(model, f, d, data.name, finish=finish)
                 os.fsync(d.fileno())  # on disk before the rename, so a crash never leaves a named empty file
                 os.fsync(f.fileno())
             files.append(data)
         else:
             with open(staged, "xb") as f:
-                write_single_file(model, refs, f, finish)
+                write_single_file(model, f, finish)
                 os.fsync(f.fileno())
     except OSError as e:
         raise cannot_write(staged.parent.parent / staged.name, f"cannot write: {e.strerror or e}") from None

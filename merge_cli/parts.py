@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -196,7 +196,7 @@ def checked_model(loaded: LoadedModel) -> ModelProto:
     check_versions(loaded)
     model = copied(loaded.proto)  # the loaded proto stays as read from disk
     dedupe_opsets(model)
-    check_model(model, loaded.refs, loaded.path, full=False)
+    check_model(model, loaded.path, full=False)
     return model
 
 
@@ -381,7 +381,7 @@ def find_classes(part: Part) -> Classes:
     spec, path, head = part.spec, part.source.path, part.head
     classes = spec.classes or part.zipmap_classes.get(head.name)
     if not classes and part.label is not None:
-        classes = classes_from_label(part.model, part.label.name, part.source.refs)
+        classes = classes_from_label(part.model, part.label.name)
     if not classes:
         classes = next((c for n in part.model.graph.node if n.domain == "ai.onnx.ml" and n.op_type in CLASSIFIER_OPS
                         if (c := node_classes(n))), None)
@@ -412,7 +412,7 @@ def node_classes(node: NodeProto) -> Classes | None:
     return None
 
 
-def classes_from_label(model: ModelProto, label: str, refs: Any) -> Classes | None:
+def classes_from_label(model: ModelProto, label: str) -> Classes | None:
     """Follow the label output back to a classifier node or to a constant it gathers from.
 
     skl2onnx's float64 LogisticRegression and MLP keep their labels in an initializer that
@@ -434,7 +434,7 @@ def classes_from_label(model: ModelProto, label: str, refs: Any) -> Classes | No
         if node.domain == "ai.onnx.ml" and node.op_type in CLASSIFIER_OPS and node.output[0] == name:
             return node_classes(node)
         if node.op_type in ("ArrayFeatureExtractor", "Gather") and node.input[0] in constants:
-            values = tensor_values(constants[node.input[0]], refs).reshape(-1)
+            values = tensor_values(constants[node.input[0]]).reshape(-1)
             if values.dtype.kind in "iu":
                 return tuple(int(v) for v in values)
             if values.dtype.kind in "OSU":
@@ -446,13 +446,13 @@ def classes_from_label(model: ModelProto, label: str, refs: Any) -> Classes | No
     return None
 
 
-def tensor_values(tensor: TensorProto, refs: Any) -> np.ndarray:
+def tensor_values(tensor: TensorProto) -> np.ndarray:
     """A small tensor's values, also when the loader kept its bytes by reference."""
     from onnx import numpy_helper
 
     from .wire import read_range, ref_of
 
-    ref = ref_of(tensor, refs)
+    ref = ref_of(tensor)
     if ref is None:
         return numpy_helper.to_array(tensor)
     copy = type(tensor)()

@@ -41,7 +41,7 @@ from .result import MergeResult, ModelReport, output_entry
 from .runtime import VerifyReport, observe_outputs, random_rows, rows_for_width, verify
 from .splice import merged_model, prefixed
 from .trees import legacy_tree_ensembles
-from .wire import Refs, payload_bytes
+from .wire import payload_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,10 +67,6 @@ class Built:
     warnings: tuple[str, ...]
     loaded: tuple[LoadedModel, ...]  # every file whose weights the model refers to
 
-    @property
-    def refs(self) -> Refs:
-        return {k: v for lm in self.loaded for k, v in lm.refs.items()}
-
 
 def merge(request: MergeRequest, progress: Progress | None = None) -> MergeResult:
     """Merge the request's models into `request.out` and (unless request.verify is False) prove it with onnxruntime.
@@ -86,14 +82,14 @@ def merge(request: MergeRequest, progress: Progress | None = None) -> MergeResul
     hashes = hash_in_background([m.path for m in mapping.models])  # read once the weights are copied
     built = build(request, mapping, step)
     check_output_path(out, input_files(mapping, request) + [f for lm in built.loaded for f in lm.data_files])
-    check_model(built.model, built.refs, out, full=True)
-    size = built.model.ByteSize() + provenance_bytes(mapping, built.parts, out) + payload_bytes(built.model, built.refs)
+    check_model(built.model, out, full=True)
+    size = built.model.ByteSize() + provenance_bytes(mapping, built.parts, out) + payload_bytes(built.model)
     external = request.external_data or needs_external_data(size)
     report = scores = None
     with staging_dir(out) as tmp:
         with step("write"):  # provenance (the sources' sha256, hashed meanwhile) goes in once the weights are copied
             digest = functools.partial(_digest, hashes)
-            files = write_model(built.model, built.refs, tmp / out.name, external,
+            files = write_model(built.model, tmp / out.name, external,
                                 finish=lambda m: set_provenance(m, provenance(mapping, built.parts, out, digest)))
         if request.verify:
             with step("verify"):

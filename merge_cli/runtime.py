@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     import onnxruntime
     from onnx import ModelProto, NodeProto
 
-    from .wire import Refs
 
 # onnxruntime >= 1.29 on Linux starts a telemetry uploader at import that leaves $TMPDIR/.ses behind
 # on every run; this variable (read at import, before any onnxruntime import here) turns it all off.
@@ -217,7 +216,7 @@ def stored_bytes(path: Path) -> int:
 MAPPED_FROM = 16 * 1024 * 1024
 
 
-def proto_session(model: ModelProto, refs: Refs, folder: Path,
+def proto_session(model: ModelProto, folder: Path,
                   on_error: Callable[[str], MergeError]) -> onnxruntime.InferenceSession:
     """A session on a skeleton held in memory, its weights memory-mapped from the files they sit in."""
     from onnx import ModelProto
@@ -227,7 +226,7 @@ def proto_session(model: ModelProto, refs: Refs, folder: Path,
     copy = ModelProto()
     copy.CopyFrom(model)
     for tensor in copy.graph.initializer:
-        ref = ref_of(tensor, refs)
+        ref = ref_of(tensor)
         if ref is None:
             continue
         del tensor.external_data[:]
@@ -442,7 +441,7 @@ def part_session(part: Part) -> onnxruntime.InferenceSession:
         return bad_input(path, f"onnxruntime cannot load this model: {problem}")
 
     if part.unzipped is not None:
-        return proto_session(part.unzipped, part.source.refs, Path(os.path.abspath(path)).parent, refuse)
+        return proto_session(part.unzipped, Path(os.path.abspath(path)).parent, refuse)
     return file_session(path, refuse, part.source.size)
 
 

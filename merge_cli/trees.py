@@ -76,6 +76,9 @@ def _inferred_value_infos(model: ModelProto) -> list[ValueInfoProto]:
 def _regressor_attributes(a: dict[str, Any], numpy_helper: Any, double: bool) -> dict[str, Any]:
     """TreeEnsemble (ml 5) attributes -> the equivalent TreeEnsembleRegressor attributes.
 
+    One function over ~70 lines on purpose: it walks the attribute lists once, and split up, a dozen
+    parallel lists would travel between the pieces.
+
     onnxruntime wants thresholds of the input's type: float lists for float32, *_as_tensor (ml 3) for float64.
     """
     splits = numpy_helper.to_array(a["nodes_splits"]).astype(np.float64)

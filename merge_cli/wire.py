@@ -3,18 +3,20 @@
 A model file is scanned field by field. Every large tensor payload in the main graph's initializers
 (`raw_data`, or packed `float_data`/`double_data`, which are the same little-endian bytes) is skipped
 and recorded as a ByteRange; the rest - the graph's structure - is small and parsed with protobuf.
-In the parsed "skeleton" such a tensor looks like an external-data tensor whose location is a token
-(`REF_PREFIX` + n) that no real file name can equal. On writing, the bytes go straight from the
+In the parsed "skeleton" such a tensor looks like an external-data tensor whose location names the
+input file behind `REF_PREFIX` (which no real location can equal), at its offset and length: the
+reference is a value the tensor carries (ref_of reads it back), not a token map passed beside the graph.
+On writing, the bytes go straight from the
 input files to the output file (os.copy_file_range), never through Python objects.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import mmap
 import os
 import queue
+import secrets
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from onnx import ModelProto, TensorProto
 
 INLINE_LIMIT = 1024  # payloads up to this many bytes stay in the proto (shape constants and the like)
-REF_PREFIX = "\0merge-models:"  # file paths cannot contain NUL, so no real location equals a token
+REF_PREFIX = f"\0merge-models-{secrets.token_hex(16)}:"  # NUL: no real location; the secret: no file can forge one
 PROTOBUF_LIMIT = 2**31 - 1  # a serialized protobuf message cannot be larger than this
 PREALLOCATE_MIN = 64 * 1024 * 1024  # below this, reserving the blocks first is not worth a syscall
 COPY_CHUNK = 16 * 1024 * 1024  # bytes per copy_file_range call, each then handed to writeback
@@ -42,9 +44,6 @@ _TENSOR_EXTERNAL_DATA = 13
 _TENSOR_DATA_LOCATION = 14
 _FLOAT, _DOUBLE = 1, 11
 
-_tokens = itertools.count()
-
-
 @dataclass(frozen=True)
 class ByteRange:
     """Where a tensor's little-endian bytes live: a file, an offset and a length."""
@@ -58,15 +57,12 @@ class WireError(ValueError):
     """The bytes are not a well-formed protobuf message."""
 
 
-Refs = dict[str, ByteRange]
-
-
 # ---------------------------------------------------------------------------- reading
 
 
-def read_skeleton(path: Path, refs: Refs) -> bytes:
-    """Return the model's bytes with large initializer payloads cut out (and recorded in `refs`)."""
-    return _scan(path, refs, None)
+def read_skeleton(path: Path) -> bytes:
+    """Return the model's bytes with large initializer payloads cut out, each referenced where it lies (ref_of)."""
+    return _scan(path, None)
 
 
 def read_located_skeleton(path: Path) -> bytes:
@@ -76,23 +72,22 @@ def read_located_skeleton(path: Path) -> bytes:
     onnxruntime, told the file's folder, then memory-maps the weights where they lie instead of
     parsing them into a copy: a session costs the graph, not the weights.
     """
-    return _scan(path, {}, path.name)
+    return _scan(path, path.name)
 
 
-def _scan(path: Path, refs: Refs, located: str | None) -> bytes:
+def _scan(path: Path, located: str | None) -> bytes:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             return b""
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return bytes(_Scanner(mm, str(path), refs, located).model(0, size))
+            return bytes(_Scanner(mm, str(path), located).model(0, size))
 
 
 class _Scanner:
-    def __init__(self, buf: mmap.mmap, path: str, refs: Refs, located: str | None = None) -> None:
+    def __init__(self, buf: mmap.mmap, path: str, located: str | None = None) -> None:
         self.buf = buf
         self.path = path
-        self.refs = refs
         self.located = located  # mark payloads as external data in the file itself, under this name
 
     def fields(self, start: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
@@ -167,15 +162,12 @@ class _Scanner:
         _, _, _, value_start, value_end = fields[payload]
         if self.located is not None:
             return out + external_fields(self.located, value_start, value_end - value_start)
-        token = new_token()
-        self.refs[token] = ByteRange(self.path, value_start, value_end - value_start)
-        out += external_fields(token, 0, value_end - value_start)
-        return out
+        return out + external_fields(reference_location(self.path), value_start, value_end - value_start)
 
 
-def new_token() -> str:
-    """A location token unique in this process: refs of several models are merged into one dict."""
-    return f"{REF_PREFIX}{next(_tokens)}"
+def reference_location(path: str) -> str:
+    """The location that marks a tensor's bytes as left in `path` (hex, so any file name fits a proto string)."""
+    return REF_PREFIX + os.fsencode(path).hex()
 
 
 def _read_varint(buf: mmap.mmap | bytes, pos: int, end: int) -> tuple[int, int]:
@@ -237,21 +229,23 @@ def external_fields(location: str, offset: int, length: int) -> bytes:
 # ---------------------------------------------------------------------------- writing
 
 
-def ref_of(tensor: TensorProto, refs: Refs) -> ByteRange | None:
+def ref_of(tensor: TensorProto) -> ByteRange | None:
     """The ByteRange a skeleton tensor stands for, or None for an ordinary tensor."""
     if tensor.data_location != 1:
         return None
-    for entry in tensor.external_data:
-        if entry.key == "location" and entry.value.startswith(REF_PREFIX):
-            return refs[entry.value]
-    return None
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    if not location.startswith(REF_PREFIX):
+        return None
+    path = os.fsdecode(bytes.fromhex(location[len(REF_PREFIX):]))
+    return ByteRange(path, int(info.get("offset", "0")), int(info["length"]))
 
 
-def payload_bytes(model: ModelProto, refs: Refs) -> int:
-    return sum(r.length for t in model.graph.initializer if (r := ref_of(t, refs)) is not None)
+def payload_bytes(model: ModelProto) -> int:
+    return sum(r.length for t in model.graph.initializer if (r := ref_of(t)) is not None)
 
 
-def write_single_file(model: ModelProto, refs: Refs, out: BinaryIO,
+def write_single_file(model: ModelProto, out: BinaryIO,
                       finish: Callable[[ModelProto], None] | None = None) -> int:
     """Serialize `model` to `out` with every referenced payload copied in as raw_data; return bytes written.
 
@@ -267,7 +261,7 @@ def write_single_file(model: ModelProto, refs: Refs, out: BinaryIO,
 
     pieces: list[bytes | ByteRange] = [graph_head.SerializeToString(deterministic=True)]
     for tensor in model.graph.initializer:
-        ref = ref_of(tensor, refs)
+        ref = ref_of(tensor)
         if ref is None:
             body = tensor.SerializeToString(deterministic=True)
             pieces.append(_header(_GRAPH_INITIALIZER, len(body)) + body)
@@ -292,7 +286,7 @@ def write_single_file(model: ModelProto, refs: Refs, out: BinaryIO,
 
 
 def write_with_external_data(
-    model: ModelProto, refs: Refs, out: BinaryIO, data_out: BinaryIO, location: str, align: int = 4096,
+    model: ModelProto, out: BinaryIO, data_out: BinaryIO, location: str, align: int = 4096,
     finish: Callable[[ModelProto], None] | None = None,
 ) -> tuple[int, int]:
     """Write every referenced payload to `data_out` (named `location`), then the proto to `out`.
@@ -305,7 +299,7 @@ def write_with_external_data(
     placed: list[tuple[int, int, int]] = []  # (initializer index, offset in the data file, length)
     offset = 0
     for i, tensor in enumerate(model.graph.initializer):
-        ref = ref_of(tensor, refs)
+        ref = ref_of(tensor)
         if ref is None:
             continue
         pad = -offset % align

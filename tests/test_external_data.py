@@ -150,8 +150,8 @@ def test_weights_totalling_3_gb_are_loaded_and_checked_without_reading_them(tmp_
     monkeypatch.setattr(model_io, "read_range", no_reading)
     monkeypatch.setattr(wire, "copy_range", no_reading)
     loaded = load_model(tmp_path / "a.onnx")
-    assert wire.payload_bytes(loaded.proto, loaded.refs) == 2 * n * 4 > 2**31
-    check_model(loaded.proto, loaded.refs, loaded.path, full=True)
+    assert wire.payload_bytes(loaded.proto) == 2 * n * 4 > 2**31
+    check_model(loaded.proto, loaded.path, full=True)
 
 
 def test_a_file_over_2_gb_is_refused_by_its_size_before_it_is_read(tmp_path: Path,
@@ -267,5 +267,26 @@ def test_mlp_fixture_weights_are_read_by_reference(tmp_path: Path) -> None:
     """The bad-input cases rely on make_mlp's weights being large enough to be kept by reference."""
     save(make_mlp(), tmp_path / "a.onnx")
     loaded = load_model(tmp_path / "a.onnx")
-    assert len(loaded.refs) == 2
-    assert wire.payload_bytes(loaded.proto, loaded.refs) == (2 * HIDDEN + HIDDEN) * 4
+    assert sum(wire.ref_of(t) is not None for t in loaded.proto.graph.initializer) == 2
+    assert wire.payload_bytes(loaded.proto) == (2 * HIDDEN + HIDDEN) * 4
+
+
+def test_a_weight_reference_is_a_value_the_tensor_carries_and_a_file_cannot_forge_one(tmp_path: Path) -> None:
+    """The skeleton's tensors point at their bytes themselves (wire.ref_of reads path, offset, length back);
+    a file that writes such a location (without this process's secret) is refused like any bad location."""
+    model = make_mlp()
+    save(model, tmp_path / "a.onnx")
+    loaded = load_model(tmp_path / "a.onnx")
+    refs = [wire.ref_of(t) for t in loaded.proto.graph.initializer]
+    assert all(r is not None and r.path == str(tmp_path / "a.onnx") for r in refs)
+    data = (tmp_path / "a.onnx").read_bytes()
+    for tensor, ref in zip(model.graph.initializer, refs, strict=True):
+        assert ref is not None and data[ref.offset:ref.offset + ref.length] == tensor.raw_data
+    forged = make_mlp()
+    target = tmp_path / "secret.bin"
+    target.write_bytes(b"\0" * 4 * 2 * HIDDEN)
+    set_external(forged.graph.initializer[0], location="\0merge-models-0123456789abcdef:" + str(target).encode().hex(),
+                 length=str(4 * 2 * HIDDEN))
+    save(forged, tmp_path / "forged.onnx")
+    with pytest.raises(MergeError, match="NUL byte"):
+        load_model(tmp_path / "forged.onnx")
