@@ -147,3 +147,11 @@ def capped_ir(ir_version: int, target: Target) -> int:
         raise incompatible(None, f"--ir-version {ir_version} is above what the installed onnx and onnxruntime "
                                  f"load (IR {top})")
     return ir_version
+
+
+def ir_raised(models_ir: int, merged_ir: int, combiner_irs: list[int]) -> str:
+    """Why the merged model's IR version is above every model's, and how to cap it."""
+    combiner_ir = max(combiner_irs, default=0)
+    why = f"the onnx combiner declares IR {combiner_ir}" if combiner_ir > models_ir else "the opsets need it"
+    return (f"the merged model has IR version {merged_ir}, above the models' {models_ir} ({why}); "
+            f"an older onnxruntime may not load it: --ir-version {models_ir} caps it")

@@ -11,15 +11,13 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .combiners import reference
 from .combining import Head, Prepared
-from .convert import Target, capped_ir, common_target, convert_part, needs_legacy_trees
-from .draws import data_rows
-from .errors import ExitCode, MergeError, bad_input, incompatible
+from .convert import Target, capped_ir, common_target, convert_part, ir_raised, needs_legacy_trees
+from .errors import ExitCode, MergeError, bad_input
 from .heads import align_heads
-from .inputs import TableInput
 from .mapping import FeatureMapping, apply_overrides, load_mapping
 from .model_io import (
     LoadedModel,
@@ -34,13 +32,14 @@ from .model_io import (
     write_model,
 )
 from .parts import Part, check_batches, read_part
-from .prepare import data_defaults, fit_combiner, part_rows, prepare_combiner, score_rows, verification_batches
+from .prepare import data_defaults, fit_combiner, part_rows, prepare_combiner, score_rows
 from .provenance import provenance, provenance_bytes, set_provenance
 from .request import MergeRequest
-from .result import MergeResult, ModelReport, output_entry
-from .runtime import VerifyReport, observe_outputs, random_rows, rows_for_width, verify
+from .result import MergeResult, ModelReport, input_entry, output_entry
+from .runtime import VerifyReport, observe_outputs, rows_for_width, verify
 from .splice import merged_model, prefixed
 from .trees import legacy_tree_ensembles
+from .verification import check_typed_support, rows_to_verify
 from .wire import payload_bytes
 
 if TYPE_CHECKING:
@@ -139,7 +138,7 @@ def build(request: MergeRequest, mapping: FeatureMapping, step: Stopwatch | None
         converted = convert_parts(parts, request.opset, mapping, prepared, request.ir_version)
     parts, target, prepared = list(converted.parts), converted.target, converted.prepared
     if request.ir_version is None and target.ir_version > models_ir:  # raised, not asked for
-        warnings.append(ir_raised(models_ir, target.ir_version, prepared))
+        warnings.append(ir_raised(models_ir, target.ir_version, [p.model.ir_version for p in prepared.parts()]))
     if mapping.combiner.kind == "stack":
         with step("fit"):
             prepared = fit_combiner(mapping, parts, prepared, rows)
@@ -175,70 +174,12 @@ def verify_built(merged: Path, built: Built) -> VerifyReport:
                 expected.update({f"{part.name}/{name}": value for name, value in values.items()})
         return expected
 
-    real = data_rows(mapping.inputs, built.rows.inputs) if built.rows is not None else None
-    if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):
-        random = random_rows(request.rows, len(mapping.inputs.columns), mapping.inputs.tables[0].dtype)
-    else:  # records with a field per merged input, drawn per input (draws.py)
-        random = typed_random_rows(rows_for_width(request.rows, len(mapping.inputs.columns)), mapping, parts,
-                                   input_shapes(built.model))
-    batches = verification_batches(mapping, list(built.heads), random, real)
+    batches = rows_to_verify(request.rows, mapping, parts, list(built.heads), built.model, built.rows)
     try:
         return verify(merged, parts, expected_of, batches, request.atol, request.rtol, part_rows(mapping))
     except MergeError as e:
         e.file = str(request.out) if e.code == ExitCode.VERIFY_FAILED else e.file
         raise
-
-
-def check_typed_support(mapping: FeatureMapping) -> None:
-    """What a mapping of several or typed inputs cannot do yet: gate and stack's passthrough read one float table."""
-    if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):
-        return
-    if mapping.combiner.kind == "stack" and mapping.combiner.passthrough:
-        raise incompatible(mapping.source, "combiner.passthrough: a stack's passthrough columns come from one float "
-                           "table; this mapping has several or typed [inputs.*]", "drop passthrough")
-    if mapping.combiner.kind == "gate":
-        raise incompatible(mapping.source, f"combiner.kind: {mapping.combiner.kind} reads one float table; this "
-                           "mapping has several or typed [inputs.*]", "use mean, weighted, vote, stack, sum, max, "
-                           "min, concat or onnx")
-
-
-def input_shapes(model: ModelProto) -> dict[str, list[Any]]:
-    """The merged model's inputs' shapes (a size, or a name where it is symbolic), for drawing tensors."""
-    return {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-
-
-def typed_random_rows(n: int, mapping: FeatureMapping, parts: list[Part], shapes: dict[str, list[Any]]) -> np.ndarray:
-    """Records for a mapping of several or typed inputs: each column drawn from the categories of the model
-    inputs it feeds, each tensor from its shape (and the index range of the embeddings it feeds)."""
-    from .draws import NONE, Categories, column_categories, input_categories, typed_rows
-    from .splice import bound_routes
-
-    routed: list[tuple[Categories, tuple[int, ...]]] = []
-    tensors: dict[str, Categories] = {}
-    for part in parts:
-        prefix = f"{part.name}/"  # the parts are prefixed by now
-        found = {k.removeprefix(prefix): v for k, v in input_categories(part.model).items()}
-        for info, r in bound_routes(part):
-            if r.whole is not None:
-                tensors[r.whole] = tensors.get(r.whole, NONE) | found.get(info.name, NONE)
-            else:
-                routed.append((found.get(info.name, NONE), r.columns))
-    for item in mapping.inputs.items:
-        shape = shapes.get(item.name, [])
-        if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-            raise incompatible(mapping.source, f"inputs.{item.name}: verification needs its sizes after the batch, "
-                               f"but its shape is [{', '.join(map(str, shape))}]",
-                               f'give them: shape = ["N", ...] in [inputs.{item.name}], or merge with --no-verify')
-    columns = column_categories(routed, len(mapping.inputs.columns))
-    return typed_rows(n, mapping.inputs, shapes, columns, tensors)
-
-
-def input_entry(vi: Any, mapping: FeatureMapping) -> dict[str, Any]:
-    """A merged input for --json: its name, dtype, shape and (for a table) its columns."""
-    entry = output_entry(vi)
-    item = mapping.inputs.named(vi.name)
-    return {"name": vi.name, "dtype": item.dtype if item else entry["type"], "shape": entry["shape"],
-            "columns": list(item.columns) if isinstance(item, TableInput) else None}
 
 
 @dataclass(frozen=True)
@@ -268,14 +209,6 @@ def convert_parts(parts: list[Part], opset: int | None, mapping: FeatureMapping,
     aligned = align_heads(every[:len(parts)], mapping.combiner.kind, target.opsets[""], mapping.source)
     every = [prefixed(p) for p in aligned + every[len(parts):]]
     return Converted(tuple(every[:len(parts)]), target, prepared.with_parts(every[len(parts):]))
-
-
-def ir_raised(models_ir: int, merged_ir: int, prepared: Prepared) -> str:
-    """Why the merged model's IR version is above every model's, and how to cap it."""
-    combiner_ir = max((p.model.ir_version for p in prepared.parts()), default=0)
-    why = f"the onnx combiner declares IR {combiner_ir}" if combiner_ir > models_ir else "the opsets need it"
-    return (f"the merged model has IR version {merged_ir}, above the models' {models_ir} ({why}); "
-            f"an older onnxruntime may not load it: --ir-version {models_ir} caps it")
 
 
 def input_files(mapping: FeatureMapping, request: MergeRequest) -> list[Path]:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from onnx import ValueInfoProto
 
     from .convert import Target
+    from .mapping import FeatureMapping
     from .parts import Part
     from .runtime import VerifyReport
     from .scores import ScoreTable
@@ -94,3 +95,13 @@ def output_entry(vi: ValueInfoProto) -> dict[str, Any]:
         return {"name": vi.name, "type": "non-tensor", "shape": None}
     shape = None if info.shape is None else [d if isinstance(d, int) else (d or "?") for d in info.shape]
     return {"name": info.name, "type": TensorProto.DataType.Name(info.elem_type).lower(), "shape": shape}
+
+
+def input_entry(vi: ValueInfoProto, mapping: FeatureMapping) -> dict[str, Any]:
+    """A merged input for --json: its name, dtype, shape and (for a table) its columns."""
+    from .inputs import TableInput
+
+    entry = output_entry(vi)
+    item = mapping.inputs.named(vi.name)
+    return {"name": vi.name, "dtype": item.dtype if item else entry["type"], "shape": entry["shape"],
+            "columns": list(item.columns) if isinstance(item, TableInput) else None}
