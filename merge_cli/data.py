@@ -182,7 +182,7 @@ def _tables(inputs: Sequence[MergedInput]) -> list[TableInput]:
 def _target_values(path: Path, name: str, cells: np.ndarray) -> np.ndarray:
     """A target column: numbers (NaN where missing), else string labels (which must all be there)."""
     if cells.dtype.kind in "fiub":
-        return cells.astype(np.float64)
+        return cells.astype(np.float64, copy=False)
     text = np.char.strip(cells.astype(str))
     missing = np.isin(text, MISSING)
     try:
@@ -271,25 +271,37 @@ def _read_text(path: Path, f: io.BufferedReader, inputs: Sequence[MergedInput], 
     return _assemble(path, plan, cells, target)
 
 
-Cells = Callable[[int], np.ndarray]  # header position -> that column's values (numbers or text)
+Cells = Callable[[list[int]], np.ndarray]  # header positions -> [N, k]: float64 numbers, or str objects
+
+
+def _by_column(column: Callable[[int], np.ndarray]) -> Cells:
+    """Cells filled a column at a time: only one column's conversion is held beside the result."""
+    def cells(positions: list[int]) -> np.ndarray:
+        out = np.empty((0, len(positions)))
+        for k, i in enumerate(positions):
+            values = column(i)
+            if k == 0:
+                out = np.empty((len(values), len(positions)), dtype=np.float64 if values.dtype.kind == "f" else object)
+            out[:, k] = values
+        return out
+
+    return cells
+
+
+def _columns_of(table: np.ndarray, positions: list[int]) -> np.ndarray:
+    """Columns of one parsed table: a view when they are side by side (no copy), else rows gathered whole."""
+    first = positions[0] if positions else 0
+    if positions == list(range(first, first + len(positions))):
+        return table[:, first:first + len(positions)]
+    return table[:, positions]
 
 
 def _assemble(path: Path, plan: _Plan, cells: Cells, target: str | None) -> Rows:
-    """Columns by header position -> each input's [N, k] array (filled a column at a time, so only one
-    column's conversion is held beside the result) and the target."""
-    inputs = {}
-    for name, positions in plan.columns.items():
-        text = name in plan.text
-        out = None
-        for k, i in enumerate(positions):
-            column = cells(i)
-            if out is None:
-                out = np.empty((len(column), len(positions)), dtype=object if text else np.float64)
-            out[:, k] = column
-        inputs[name] = out if out is not None else np.empty((0, 0))
+    """Columns by header position -> each input's [N, k] array and the target."""
+    inputs = {name: cells(positions) for name, positions in plan.columns.items()}
     values = None
     if plan.target is not None and target is not None:
-        values = _target_values(path, target, cells(plan.target))
+        values = _target_values(path, target, cells([plan.target])[:, 0])
     return Rows(path, MappingProxyType(inputs), values, target if values is not None else None)
 
 
@@ -306,7 +318,7 @@ def _numpy_csv(path: Path, f: io.BufferedReader, start: int, size: int, plan: _P
                 warnings.simplefilter("ignore")  # "input contained no data": said as "has no rows"
                 table = np.loadtxt(f, dtype=np.float64, **options)
             if table.shape[1] == width:
-                return lambda i: table[:, i]
+                return functools.partial(_columns_of, table)
         except ValueError:
             pass
     f.seek(0)
@@ -321,10 +333,10 @@ def _numpy_csv(path: Path, f: io.BufferedReader, start: int, size: int, plan: _P
             if numeric:
                 numbers = _number_columns(np.stack([out[i] for i in numeric], axis=1))
                 out |= {i: numbers[:, k] for k, i in enumerate(numeric)}
-            return out.__getitem__
+            return _by_column(out.__getitem__)
         except (ValueError, MemoryError):
             pass
-    return _careful_csv(path, blob[start:], plan).__getitem__
+    return _by_column(_careful_csv(path, blob[start:], plan).__getitem__)
 
 
 def _at(blob: bytes, start: int) -> io.BytesIO:
@@ -425,7 +437,7 @@ def _arrow_csv(path: Path, f: io.BufferedReader, plan: _Plan) -> Cells | None:
                                                   true_values=[], false_values=[]))  # True/False: labels
     except (pa.ArrowException, ValueError, OverflowError):
         return None
-    return lambda i: _arrow_column(table.column(names[i]), text=_text_column(plan, i))
+    return _by_column(lambda i: _arrow_column(table.column(names[i]), text=_text_column(plan, i)))
 
 
 def _arrow_column(column: Any, text: bool) -> np.ndarray:
@@ -467,4 +479,5 @@ def _read_parquet(path: Path, blob: bytes, inputs: Sequence[MergedInput], target
                 pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)
                 or pa.types.is_null(kind)):
             raise bad_input(path, f"column {header[i]!r} has type {kind}; numbers are needed")
-    return _assemble(path, plan, lambda i: _arrow_column(table.column(header[i]), text=_text_column(plan, i)), target)
+    cells = _by_column(lambda i: _arrow_column(table.column(header[i]), text=_text_column(plan, i)))
+    return _assemble(path, plan, cells, target)
