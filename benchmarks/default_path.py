@@ -172,7 +172,7 @@ def rows_scaling() -> list[Row]:
 
 
 def main() -> list[Row]:
-    return default_path() + model_count() + graph_size() + rows_scaling()
+    return default_path() + graph_size() + model_count() + rows_scaling()
 
 
 if __name__ == "__main__":
