@@ -15,6 +15,8 @@ from .graphs import FLOAT, Shape
 if TYPE_CHECKING:
     from onnx import FunctionProto, NodeProto, SparseTensorProto, TensorProto, ValueInfoProto
 
+    from .inputs import TableInput
+
 
 @dataclass
 class CombinerGraph:
@@ -27,6 +29,7 @@ class CombinerGraph:
     sparse_initializers: list[SparseTensorProto] = field(default_factory=list)
     functions: list[FunctionProto] = field(default_factory=list)
     routes_read: str | None = None  # the tensor the routes (Slice, Gather, Transpose) read instead of the merged input (gate)
+    tables_read: dict[str, str] = field(default_factory=dict)  # the same per table of an [inputs.*] mapping (gate)
 
 
 class Builder:
@@ -42,6 +45,7 @@ class Builder:
         self.input_name = input_name  # the merged input [N, F], for passthrough columns and gate
         self.input_type = input_type
         self.input_width = input_width  # F
+        self.tables: tuple[TableInput, ...] = ()  # an [inputs.*] mapping's tables (gate), else empty
         self.graph = CombinerGraph()
 
     def node(self, op: str, inputs: list[str], base: str, domain: str = "", **attrs: Any) -> str:

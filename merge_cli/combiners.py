@@ -314,6 +314,8 @@ def build_combiner(mapping: FeatureMapping, heads: list[Head], fresh: Callable[[
     first = mapping.inputs.items[0]  # gate and stack passthrough read the one float table of an [input] mapping
     width = len(first.columns) if isinstance(first, TableInput) else 0
     builder = Builder(fresh, opset, first.name, DOUBLE if first.dtype == "float64" else FLOAT, width, mapping.source)
+    if not (mapping.inputs.single_table and first.dtype in ("float32", "float64")):
+        builder.tables = mapping.inputs.tables  # gate reads each table: NaN and "" are missing cells
     COMBINERS[spec.kind].build(Combination(spec, heads, mapping.source, prepared or Prepared()), builder)
     return builder.graph
 

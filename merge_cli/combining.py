@@ -33,11 +33,13 @@ class Head:
     task: str
     classes: tuple[int, ...] | tuple[str, ...] | None
     columns: tuple[int, ...]  # the merged input's columns this part reads (for gate)
+    sources: tuple[tuple[str, int], ...] = ()  # the same columns as (table, index in it), for [inputs.*] mappings
 
     @staticmethod
     def of(part: Part) -> Head:
+        sources = tuple(dict.fromkeys(s for r in part.spec.routes for s in r.sources))
         return Head(part.name, f"{part.name}/{part.head.name}", part.head.elem_type, part.head.shape,
-                    part.spec.weight, part.task, part.classes, part.spec.columns)
+                    part.spec.weight, part.task, part.classes, part.spec.columns, sources)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from .combining import (
     vote_weights,
 )
 from .errors import incompatible
-from .graphs import FLOAT
+from .graphs import DOUBLE, FLOAT
 from .mapping import CombinerSpec
 
 
@@ -39,17 +39,9 @@ def build_gate(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source
     np_type = NUMPY_TYPES[dtype]
     shape = check_same_shapes(heads, source)
     rank = len(shape) if shape is not None else 2
-    missing = b.node("IsNaN", [b.input_name], "missing")
-    zero = b.const(np.array(0, NUMPY_TYPES[b.input_type]), "zero_input")
-    b.graph.routes_read = b.node("Where", [missing, zero, b.input_name], "features_filled")
-    missing_count = b.node("Cast", [missing], "missing_count_cells", to=FLOAT)
+    counts = missing_counts(heads, b) if b.tables else legacy_missing_counts(heads, b)
     available, weighted = [], []
-    for h, w in zip(heads, vote_weights(heads, "gate", source), strict=True):
-        # missing cells among the model's columns: one MatMul with its 0/1 column indicator (exact for
-        # counts of 0/1 values; onnxruntime's Gather(axis=1) + ReduceSum copied element by element)
-        indicator = np.zeros(b.input_width, np.float32)
-        indicator[list(h.columns)] = 1
-        count = b.node("MatMul", [missing_count, b.const(indicator, f"{h.model}.columns")], f"{h.model}.missing_count")
+    for h, w, count in zip(heads, vote_weights(heads, "gate", source), counts, strict=True):
         ok = b.node("Less", [count, b.const(np.array(0.5, np.float32), "half")], f"{h.model}.available")
         if rank > 1:
             ok = b.unsqueeze(ok, list(range(1, rank)), f"{h.model}.available_rows")
@@ -77,6 +69,67 @@ def build_gate(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source
     emit_classifier_outputs(b, combined, dtype, shape, classes, label=label)
 
 
+def legacy_missing_counts(heads: list[Head], b: Builder) -> list[str]:
+    """Per model, its missing (NaN) cells of the one float table; the parts read it with NaN filled by 0."""
+    missing = b.node("IsNaN", [b.input_name], "missing")
+    zero = b.const(np.array(0, NUMPY_TYPES[b.input_type]), "zero_input")
+    b.graph.routes_read = b.node("Where", [missing, zero, b.input_name], "features_filled")
+    missing_count = b.node("Cast", [missing], "missing_count_cells", to=FLOAT)
+    counts = []
+    for h in heads:
+        # missing cells among the model's columns: one MatMul with its 0/1 column indicator (exact for
+        # counts of 0/1 values; onnxruntime's Gather(axis=1) + ReduceSum copied element by element)
+        indicator = np.zeros(b.input_width, np.float32)
+        indicator[list(h.columns)] = 1
+        counts.append(b.node("MatMul", [missing_count, b.const(indicator, f"{h.model}.columns")],
+                             f"{h.model}.missing_count"))
+    return counts
+
+
+def missing_counts(heads: list[Head], b: Builder) -> list[str]:
+    """Per model, its missing cells across an [inputs.*] mapping's tables: NaN in a float table, the empty
+    string in a string table (other tables and tensors are always present). Float tables reach the parts
+    with NaN filled by 0 (tables_read)."""
+    cells: dict[str, str] = {}
+    for table in b.tables:
+        if table.dtype in ("float32", "float64"):
+            missing = b.node("IsNaN", [table.name], f"{table.name}.missing")
+            zero = b.const(np.array(0, NUMPY_TYPES[DOUBLE if table.dtype == "float64" else FLOAT]), "zero_input")
+            b.graph.tables_read[table.name] = b.node("Where", [missing, zero, table.name], f"{table.name}_filled")
+        elif table.dtype == "string" and b.opset >= 19:  # Equal takes strings from opset 19
+            missing = b.node("Equal", [table.name, b.const(np.array("", dtype=object), "empty_string")],
+                             f"{table.name}.missing")
+        elif table.dtype == "string":  # before: ai.onnx.ml's CategoryMapper ("" -> 1), as in every ml opset
+            missing = b.node("CategoryMapper", [table.name], f"{table.name}.missing", domain="ai.onnx.ml",
+                             cats_strings=[""], cats_int64s=[1], default_int64=0)
+        else:
+            continue
+        cells[table.name] = b.node("Cast", [missing], f"{table.name}.missing_cells", to=FLOAT)
+    counts = []
+    for h in heads:
+        terms = []
+        for table in b.tables:
+            used = [i for t, i in h.sources if t == table.name]
+            if table.name in cells and used:
+                indicator = np.zeros(len(table.columns), np.float32)
+                indicator[used] = 1
+                terms.append(b.node("MatMul", [cells[table.name], b.const(indicator, f"{h.model}.{table.name}")],
+                                    f"{h.model}.{table.name}.missing_count"))
+        if not terms:  # nothing it reads can be missing: a count of 0 per row
+            shape = b.node("Shape", [h.tensor], f"{h.model}.shape")
+            rows = b.node("Gather", [shape, b.const(np.array([0], np.int64), "first")], f"{h.model}.rows", axis=0)
+            terms.append(b.node("ConstantOfShape", [rows], f"{h.model}.none_missing",
+                                value=_float_tensor(0.0)))
+        counts.append(terms[0] if len(terms) == 1 else b.node("Sum", terms, f"{h.model}.missing_count"))
+    return counts
+
+
+def _float_tensor(value: float) -> Any:
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.array([value], np.float32), "value")
+
+
 def check_missing_label(spec: CombinerSpec, classes: tuple[int, ...] | tuple[str, ...] | None,
                         source: Source) -> None:
     if classes is not None and isinstance(classes[0], str) != isinstance(spec.missing_label, str):
@@ -87,8 +140,20 @@ def check_missing_label(spec: CombinerSpec, classes: tuple[int, ...] | tuple[str
 
 
 def available_rows(heads: list[Head], rows: np.ndarray) -> list[np.ndarray]:
-    """Per model: rows whose columns for it are all present (not NaN)."""
+    """Per model: rows whose columns for it are all present (not NaN; in records, not "" either)."""
+    if rows.dtype.names is not None:
+        return [~np.any([missing_cells(rows[t][:, i]) for t, i in h.sources] or [np.zeros(len(rows), bool)], axis=0)
+                for h in heads]
     return [np.asarray(~np.isnan(rows[:, list(h.columns)].astype(np.float64)).any(axis=1)) for h in heads]
+
+
+def missing_cells(values: np.ndarray) -> np.ndarray:
+    """NaN numbers and empty strings are missing; integers never are."""
+    if values.dtype.kind == "f":
+        return np.asarray(np.isnan(values))
+    if values.dtype.kind == "O":
+        return np.asarray(values == "")
+    return np.zeros(len(values), bool)
 
 
 def reference_gate(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray],
@@ -123,6 +188,8 @@ def reference_gate(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarra
 def gate_rows(heads: list[Head], rows: np.ndarray, seed: int = 0) -> np.ndarray:
     """Rows with the NaN patterns gate must handle: none, each model's columns, all columns, one column."""
     rng = np.random.default_rng(seed)
+    if rows.dtype.names is not None:
+        return _gate_records(heads, rows, rng)
     out = rows.astype(np.float64).copy()
     patterns = len(heads) + 3
     for i in range(len(out)):
@@ -134,3 +201,26 @@ def gate_rows(heads: list[Head], rows: np.ndarray, seed: int = 0) -> np.ndarray:
         elif pattern == len(heads) + 2:
             out[i, rng.integers(out.shape[1])] = np.nan
     return out.astype(rows.dtype)
+
+
+def _gate_records(heads: list[Head], rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """gate_rows for records: NaN in float tables, "" in string tables, in the same patterns."""
+    out = rows.copy()
+    every = list(dict.fromkeys(s for h in heads for s in h.sources))
+
+    def blank(i: int, cells: list[tuple[str, int]]) -> None:
+        for table, c in cells:
+            kind = out[table].dtype.kind
+            if kind in "fO":
+                out[table][i, c] = np.nan if kind == "f" else ""
+
+    patterns = len(heads) + 3
+    for i in range(len(out)):
+        pattern = i % patterns
+        if 1 <= pattern <= len(heads):
+            blank(i, list(heads[pattern - 1].sources))
+        elif pattern == len(heads) + 1:
+            blank(i, every)
+        elif pattern == len(heads) + 2 and every:
+            blank(i, [every[rng.integers(len(every))]])
+    return out

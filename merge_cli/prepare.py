@@ -113,7 +113,17 @@ def part_rows(spec: FeatureMapping) -> Callable[[np.ndarray], np.ndarray] | None
     """What the parts are fed: gate fills NaN cells with 0 before they run, as its graph does."""
     if spec.combiner.kind != "gate":
         return None
-    return lambda rows: np.where(np.isnan(rows), rows.dtype.type(0), rows)
+    floats = [t.name for t in spec.inputs.tables if t.dtype in ("float32", "float64")]
+
+    def filled(rows: np.ndarray) -> np.ndarray:
+        if rows.dtype.names is None:
+            return np.where(np.isnan(rows), rows.dtype.type(0), rows)
+        out = rows.copy()  # records: NaN in float tables filled; "" stays (the models' unknown category)
+        for name in floats:
+            out[name] = np.where(np.isnan(out[name]), out[name].dtype.type(0), out[name])
+        return out
+
+    return filled
 
 
 def score_rows(merged: Path, parts: list[Part], heads: list[Head], spec: FeatureMapping,

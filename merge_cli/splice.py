@@ -447,6 +447,8 @@ def merged_model(parts: list[Part], mapping: FeatureMapping, target: Target, kee
     if combined.routes_read:  # gate: the parts read the input with NaN filled in
         for node in spliced.nodes:
             node.input[:] = [combined.routes_read if x == mapping.inputs.items[0].name else x for x in node.input]
+    for node in spliced.nodes if combined.tables_read else ():  # gate on [inputs.*]: NaN filled per table
+        node.input[:] = [combined.tables_read.get(x, x) for x in node.input]
     spliced.value_info.extend(combined.value_info)
     spliced.sparse_initializers.extend(combined.sparse_initializers)
     spliced.functions.extend(combined.functions)

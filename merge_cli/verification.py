@@ -33,16 +33,12 @@ def rows_to_verify(rows: int, mapping: FeatureMapping, parts: list[Part], heads:
 
 
 def check_typed_support(mapping: FeatureMapping) -> None:
-    """What a mapping of several or typed inputs cannot do yet: gate and stack's passthrough read one float table."""
+    """What a mapping of several or typed inputs cannot do yet: a stack's passthrough reads one float table."""
     if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):
         return
     if mapping.combiner.kind == "stack" and mapping.combiner.passthrough:
         raise incompatible(mapping.source, "combiner.passthrough: a stack's passthrough columns come from one float "
                            "table; this mapping has several or typed [inputs.*]", "drop passthrough")
-    if mapping.combiner.kind == "gate":
-        raise incompatible(mapping.source, f"combiner.kind: {mapping.combiner.kind} reads one float table; this "
-                           "mapping has several or typed [inputs.*]", "use mean, weighted, vote, stack, sum, max, "
-                           "min, concat or onnx")
 
 
 def input_shapes(model: ModelProto) -> dict[str, list[Any]]:

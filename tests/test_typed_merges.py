@@ -176,10 +176,7 @@ def test_verify_rechecks_a_typed_merge_from_its_provenance(cli, tmp_path: Path) 
     assert result.json["verification"]["passed"] and result.json["verification"]["max_abs_error"] <= TOL
 
 
-def test_gate_and_stack_passthrough_on_typed_inputs_are_refused_with_a_hint(cli, tmp_path: Path) -> None:
-    mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["shop_onehot_str", "shop_lr"], "gate"))
-    result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx")
-    assert result.code == 4 and "combiner.kind: gate" in result.error_lines[0] and "hint: use mean" in result.stderr
+def test_stack_passthrough_on_typed_inputs_is_refused_with_a_hint(cli, tmp_path: Path) -> None:
     doc = typed_mapping(["shop_onehot_str", "shop_lr"])
     doc["combiner"] = {"kind": "stack", "data": "rows.csv", "target": "y", "passthrough": ["price"]}
     result = cli("merge", "--map", write_mapping(tmp_path / "s.toml", doc), "--out", tmp_path / "merged.onnx")
@@ -280,3 +277,31 @@ def test_a_tensor_with_open_sizes_needs_its_shape_in_the_mapping(cli, tmp_path: 
     image = np.random.default_rng(0).standard_normal((4, 3, 5, 7)).astype(np.float32)
     np.testing.assert_allclose(run_model(tmp_path / "merged.onnx", {"image": image})["prediction"],
                                image.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_gate_on_typed_inputs_drops_models_with_empty_strings_or_nan(cli, tmp_path: Path) -> None:
+    """gate: an empty string or NaN in a model's columns leaves it out of that row; tensors are always present."""
+    mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["shop_onehot_str", "shop_lr"], "gate"))
+    out = tmp_path / "merged.onnx"
+    result = cli("merge", "--map", mapping, "--out", out, "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["verification"]["passed"] and result.json["verification"]["max_abs_error"] <= TOL
+    inputs, _ = typed_data("shop")
+    labels, numbers = inputs["labels"][:30].copy(), inputs["numbers"][:30].copy()
+    labels[:10, 0] = ""  # no color: only shop_lr can serve these rows
+    numbers[10:20, 0] = np.nan  # no price: neither model can
+    got = run_model(out, {"numbers": numbers, "labels": labels})
+    onehot, lr = probabilities("shop_onehot_str")[:30], probabilities("shop_lr")[:30]
+    np.testing.assert_allclose(got["probabilities"][:10], lr[:10], atol=TOL, rtol=0)
+    assert np.isnan(got["probabilities"][10:20]).all() and (got["label"][10:20] == -1).all()
+    np.testing.assert_allclose(got["probabilities"][20:], (onehot[20:] + lr[20:]) / 2, atol=TOL, rtol=0)
+
+    mapping = write_mapping(tmp_path / "d.toml", typed_mapping(["digits_fusion", "digits_cnn"], "gate"))
+    assert cli("merge", "--map", mapping, "--out", out).code == 0
+    digits, _ = typed_data("digits")
+    stats = digits["stats"][:20].copy()
+    stats[:10, 0] = np.nan  # no ink: the fusion model is out, the CNN (image only) always serves
+    got = run_model(out, {"image": digits["image"][:20], "stats": stats})
+    fusion, cnn = probabilities("digits_fusion")[:20], probabilities("digits_cnn")[:20]
+    np.testing.assert_allclose(got["probabilities"][:10], cnn[:10], atol=TOL, rtol=0)
+    np.testing.assert_allclose(got["probabilities"][10:], (fusion[10:] + cnn[10:]) / 2, atol=TOL, rtol=0)
