@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from .errors import bad_input, cannot_write, first_line
 from .process import interrupts_deferred
-from .wire import PROTOBUF_LIMIT, ByteRange, WireError, read_range, read_skeleton, ref_of, reference_location
+from .wire import PROTOBUF_LIMIT, ByteRange, InputChanged, WireError, read_range, read_skeleton, ref_of, reference_location
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -533,6 +533,8 @@ def write_model(model: ModelProto, staged: Path, external: bool,
             with open(staged, "xb") as f:
                 write_single_file(model, f, finish)
                 os.fsync(f.fileno())
+    except InputChanged as e:  # the weights' source, not the output, is at fault
+        raise bad_input(e.path, e.problem, "leave the input files alone while a merge runs") from None
     except OSError as e:
         raise cannot_write(staged.parent.parent / staged.name, f"cannot write: {e.strerror or e}") from None
     return files

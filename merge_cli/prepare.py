@@ -94,8 +94,13 @@ def fit(spec: FeatureMapping, parts: list[Part], rows: Rows) -> StackModel:
     keep = np.flatnonzero(usable)
     # passthrough columns come from one float table; records of typed inputs have none (check_typed_support)
     table = x[keep].astype(np.float64) if x.dtype.names is None else np.zeros((len(keep), 0))
-    return fit_stack(task, [o[keep] for o in outputs], table, y[keep],  # type: ignore[arg-type]
-                     [p.name for p in parts], spec.combiner.passthrough, spec.combiner.alpha, folds, k)
+    try:
+        return fit_stack(task, [o[keep] for o in outputs], table, y[keep],  # type: ignore[arg-type]
+                         [p.name for p in parts], spec.combiner.passthrough, spec.combiner.alpha, folds, k)
+    except np.linalg.LinAlgError:  # alpha = 0 with parts whose outputs are linearly dependent (identical parts)
+        raise bad_input(spec.source, f"combiner.alpha = {spec.combiner.alpha:g}: the stack's fit has no unique "
+                        "solution (the parts' outputs on these rows are linearly dependent)",
+                        "give alpha > 0, or leave alpha out to choose it by cross-validation") from None
 
 
 def verification_batches(spec: FeatureMapping, heads: list[Head], random: np.ndarray,

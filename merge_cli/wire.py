@@ -57,6 +57,23 @@ class WireError(ValueError):
     """The bytes are not a well-formed protobuf message."""
 
 
+class InputChanged(OSError):
+    """An input file holding weights by reference is gone or shorter than when it was loaded: the input
+    is at fault (exit 3 naming it), not the output being written."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(problem)
+        self.path = Path(path)
+        self.problem = problem
+
+
+def _open_input(path: str | Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise InputChanged(path, f"cannot be read any more: {e.strerror or e}") from None
+
+
 # ---------------------------------------------------------------------------- reading
 
 
@@ -365,7 +382,7 @@ def copy_range(ref: ByteRange, dst_fd: int, writeback: Writeback | None = None) 
     Each chunk copied is handed to `writeback` (the kernel starts writing it to disk meanwhile), so
     the fsync before the output is renamed into place finds little left to write.
     """
-    with open(ref.path, "rb") as src:
+    with _open_input(ref.path) as src:
         src_fd = src.fileno()
         offset, remaining = ref.offset, ref.length
         copy = getattr(os, "copy_file_range", None)
@@ -379,7 +396,7 @@ def copy_range(ref: ByteRange, dst_fd: int, writeback: Writeback | None = None) 
             if not n:
                 chunk = os.pread(src_fd, min(remaining, 1 << 24), offset)
                 if not chunk:
-                    raise OSError(f"{ref.path}: file is shorter than its model says")
+                    raise InputChanged(ref.path, "is shorter than when it was loaded: it changed while the merge read it")
                 n = os.write(dst_fd, chunk)
             if writeback is not None:
                 writeback.add(os.lseek(dst_fd, 0, os.SEEK_CUR) - n, n)
@@ -437,8 +454,8 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 
 def read_range(ref: ByteRange) -> bytes:
     """The bytes themselves (for the few small tensors that must be inspected)."""
-    with open(ref.path, "rb") as f:
+    with _open_input(ref.path) as f:
         data = os.pread(f.fileno(), ref.length, ref.offset)
     if len(data) != ref.length:
-        raise OSError(f"{ref.path}: file is shorter than its model says")
+        raise InputChanged(ref.path, "is shorter than when it was loaded: it changed while the merge read it")
     return data

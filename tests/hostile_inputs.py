@@ -225,6 +225,23 @@ HOSTILE_CASES += [
 ]
 
 
+def stack_of_identical_parts_with_alpha_0(d: Path) -> list[str]:
+    """Two identical parts on the same columns: with alpha = 0 the ridge system is singular (was exit 70)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4))
+    lines = ["A,B,C,D,y", *(",".join(f"{v:.6f}" for v in (*r, r[0] + r[1])) for r in x)]
+    (d / "rows.csv").write_text("\n".join(lines) + "\n")
+    doc = mapping_doc()
+    doc["models"]["b"]["columns"] = ["A", "B"]
+    doc["combiner"] = {"kind": "stack", "data": "rows.csv", "target": "y", "alpha": 0.0, "folds": 2}
+    return two_regressors(d, b=make_regressor(), doc=doc)
+
+
+HOSTILE_CASES.append(Case("stack_of_identical_parts_with_alpha_0", stack_of_identical_parts_with_alpha_0,
+                          ExitCode.BAD_INPUT, "map.toml", "combiner.alpha = 0: the stack's fit has no unique solution",
+                          hint=True, json=True))
+
+
 # ---------------------------------------------------------------------------- verify on a forged merged file
 
 

@@ -3,6 +3,7 @@ the terminal, --json is strict JSON, and killed or signalled merges leave nothin
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from bad_inputs import make_regressor, mapping_doc, save, two_regressors, write_doc
+from bad_inputs import external_mlp, make_regressor, mapping_doc, save, two_regressors, with_a, write_doc
 from conftest import make_mlp, rows, run_model, write_mapping
 from hostile_inputs import ml5_tree
 from test_interrupt import EXE, start, wait_for
@@ -193,3 +194,41 @@ def test_twenty_thousand_model_inputs_are_matched_in_linear_time(tmp_path: Path)
         return time.perf_counter() - start
 
     assert match(20_000) < 2  # ~0.02 s here; quadratic, 10,000 took 44 s
+
+
+def test_a_very_wide_mapping_verifies_on_fewer_rows_and_says_so(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random rows x every column: 1.3M unused columns took 5.3 GB (now 0.67 GB, 12 rows). Here the cell
+    budget is made small instead of the mapping large."""
+    from merge_cli import runtime
+
+    monkeypatch.setattr(runtime, "MAX_CELLS", 40 * 104)
+    doc = mapping_doc()
+    doc["input"]["columns"] = ["A", "B", "C", "D", *(f"u{i}" for i in range(100))]
+    args = two_regressors(tmp_path, doc=doc)
+    assert main([*args[:-2], "--rows", "256", "--json"]) == ExitCode.OK
+    report = json.loads(capfd.readouterr().out)
+    assert report["verification"]["rows"] == 40
+    assert any("verifying on 40 random rows, not 256" in w for w in report["warnings"])
+
+
+def test_an_input_truncated_while_its_weights_are_copied_is_blamed(tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weights are copied from the inputs by reference after loading: an input cut short meanwhile is
+    exit 3 naming that input (it was exit 5 blaming the output), and nothing is left behind."""
+    from merge_cli import pipeline
+
+    args = with_a(tmp_path, lambda p: external_mlp(tmp_path))
+    checked = pipeline.check_model
+
+    def check_then_truncate(*a: object, **k: object) -> None:
+        checked(*a, **k)  # type: ignore[arg-type]
+        os.truncate(tmp_path / "a.bin", 100)  # after loading, before the copy
+
+    monkeypatch.setattr(pipeline, "check_model", check_then_truncate)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    capfd.readouterr()
+    assert main(args) == ExitCode.BAD_INPUT
+    err = capfd.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'a.bin'}: is shorter than when it was loaded"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
