@@ -15,6 +15,9 @@ import numpy as np
 from .errors import bad_input, first_line
 from .inputs import MergedInput, TensorInput
 
+INFLATE_FLOOR = 256 << 20  # arrays this large must not inflate from much less (a zip bomb: 9 MB -> 9 GB)
+INFLATE_RATIO = 200  # real tables compress 2-20x; all zeros deflates ~1000x
+
 
 def archive_of(path: Path, source: bytes | io.BufferedReader) -> zipfile.ZipFile:
     try:
@@ -47,6 +50,10 @@ def _npy(path: Path, archive: zipfile.ZipFile, name: str) -> np.ndarray:
             if size > member.file_size:
                 raise bad_input(path, f"{name} declares shape {list(shape)} ({size} bytes), but the archive holds "
                                 f"{member.file_size} bytes for it")
+            if size > INFLATE_FLOOR and size > INFLATE_RATIO * max(member.compress_size, 1):
+                raise bad_input(path, f"{name} declares shape {list(shape)} ({size} bytes) from "
+                                f"{member.compress_size} compressed bytes: more than {INFLATE_RATIO}x is not data",
+                                "save the rows with np.savez (uncompressed) or np.savez_compressed")
             if size > _memory_available():
                 raise bad_input(path, f"{name} declares shape {list(shape)} ({size} bytes), more than this "
                                 "machine's free memory")

@@ -235,3 +235,18 @@ def test_verify_reads_rows_with_several_extra_columns_without_a_target(cli, tmp_
     scored = cli("merge", "--map", mapping, "--out", tmp_path / "n.onnx", "--rows", "16", "--data", path,
                  "--target", "t", "--json")
     assert scored.code == 0 and scored.json["scores"]["rows"] == 1  # the NaN target is left out
+
+
+def test_an_npz_member_that_inflates_far_beyond_its_size_is_refused(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zip bomb: zeros deflate ~1000x, so a small file could declare gigabytes and hold them."""
+    from merge_cli import npz
+
+    monkeypatch.setattr(npz, "INFLATE_FLOOR", 1 << 20)
+    path = tmp_path / "rows.npz"
+    np.savez_compressed(path, X=np.zeros((200_000, 3)))  # 4.8 MB of zeros in a few kB
+    with pytest.raises(MergeError, match="more than 200x is not data") as e:
+        read_data(path, [FEATURES])
+    assert e.value.code == ExitCode.BAD_INPUT and e.value.file == str(path)
+    np.savez_compressed(path, X=np.random.default_rng(0).normal(size=(200_000, 3)))  # real numbers: ~1.1x
+    assert len(read_data(path, [FEATURES])) == 200_000
