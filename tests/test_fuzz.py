@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import resource
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,21 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "fuzz-ci")
 DOCUMENTED = {int(c) for c in ExitCode if c not in (ExitCode.INTERNAL, ExitCode.INTERRUPTED)}
 
 
+CASE_SECONDS = 30  # the resource guard: no case may take longer (small inputs; a runaway loop or size would)
+PEAK_BYTES = 2 << 30  # nor may the process's peak resident memory pass this (pytest and the libraries included)
+
+
 def run_and_check(work: Path, capfd: pytest.CaptureFixture[str], args: list[str]) -> int:
-    """Run the CLI; check the contract whatever the outcome; leave `work` as it was (minus the output)."""
+    """Run the CLI; check the contract whatever the outcome; leave `work` as it was (minus the output).
+
+    The resource guard: every case finishes within CASE_SECONDS and the process stays under PEAK_BYTES, so an
+    absurd declared size (--rows 10**12, a tolerance of inf, 1e308 weights) must be refused, not served."""
     before = sorted(p.name for p in work.iterdir())
     capfd.readouterr()
+    started = time.monotonic()
     code = main([*args, "--quiet"])
+    assert time.monotonic() - started < CASE_SECONDS, args
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 < PEAK_BYTES, args
     out, err = capfd.readouterr()
     assert code in DOCUMENTED, err
     assert "Traceback" not in err and "internal error" not in err, err
@@ -154,6 +166,29 @@ def test_fuzzed_mapping_files(regressors: Path, capfd: pytest.CaptureFixture[str
         event(f"exit {code}")  # pytest --hypothesis-show-statistics shows how the cases ended
     finally:
         mapping.unlink()
+
+
+absurd_options = st.lists(st.one_of(
+    st.tuples(st.just("--rows"), st.one_of(st.integers(-2, 2**70).map(str), st.sampled_from(["1e12", "nan", "4"]))),
+    st.tuples(st.sampled_from(["--atol", "--rtol"]),
+              st.one_of(st.floats(allow_nan=True).map(repr), st.sampled_from(["nan", "-inf", "inf", "1e-5", "-0.0"]))),
+    st.tuples(st.just("--weights"), st.lists(st.sampled_from(["1e308", "0", "nan", "inf", "-1", "1", "1e-320"]),
+                                             min_size=1, max_size=3).map(",".join)),
+    st.tuples(st.just("--combiner"), st.sampled_from(["weighted", "vote", "gate", "mean", "max"])),
+), max_size=3)
+
+
+@settings(settings.get_profile(PROFILE), max_examples=30 if PROFILE == "fuzz-ci" else 2000)
+@given(options=absurd_options)
+def test_absurd_options_are_refused_not_served(regressors: Path, capfd: pytest.CaptureFixture[str],
+                                               options: list[tuple[str, str]]) -> None:
+    """--rows 10**20 used to allocate until memory ran out; inf tolerances and 1e308 weights gave wrong
+    results: every option is refused (exit 2) or served within the guard."""
+    (regressors / "map.toml").write_text(toml(mapping_doc()))
+    flags = [x for option in options for x in option]
+    code = run_and_check(regressors, capfd, ["merge", "--map", str(regressors / "map.toml"), "--out",
+                                             str(regressors / "merged.onnx"), "--rows", "8", *flags])
+    event(f"exit {code}")
 
 
 def test_the_unmodified_mapping_merges(regressors: Path, capfd: pytest.CaptureFixture[str]) -> None:
