@@ -38,7 +38,7 @@ from .gate import build_gate, reference_gate
 from .graphs import DOUBLE, FLOAT
 from .inputs import TableInput
 from .mapping import CombinerSpec, FeatureMapping
-from .stacking import EPS, mean_of
+from .stacking import mean_of
 from .user_graph import build_onnx, reference_onnx
 
 ELEMENTWISE = ("mean", "weighted", "sum", "max", "min")
@@ -211,37 +211,22 @@ def stack_task(heads: list[Head], source: Source) -> tuple[str, int]:
 
 
 def build_stack(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source, prepared: Prepared) -> None:
-    """features -> (features - mean) / scale -> MatMul + Add (-> Softmax); or `mean` when that won."""
+    """The learned stack (stack_graph, in float64), or `mean`, or one part alone: whichever cross-validation chose."""
+    from .stack_graph import as_float64, from_float64, learned_stack
+
     model = prepared.stack
     assert model is not None, "the stack is fitted before the graph is built"
     task, k = stack_task(heads, source)
     dtype = promoted_type(heads)
-    np_type = NUMPY_TYPES[dtype]
     shape = check_same_shapes(heads, source)
-    ps = [cast(b, h.tensor, h.elem_type, dtype, h.model) for h in heads]
-    if not model.learned:
-        out = mean(b, ps, dtype)
+    if model.part is not None:
+        out = cast(b, heads[model.part].tensor, heads[model.part].elem_type, dtype, heads[model.part].model)
+    elif not model.learned:
+        out = mean(b, [cast(b, h.tensor, h.elem_type, dtype, h.model) for h in heads], dtype)
     else:
-        assert model.mean is not None and model.scale is not None and model.coef is not None
-        assert model.intercept is not None
-        if task == "classification":
-            average = mean(b, ps, dtype)
-            floor = b.node("Max", [average, b.const(np.array(EPS, np_type), "eps")], "mean_clipped")
-            blocks = [b.node("Log", [floor], "log_mean"), *ps]
-        else:
-            blocks = [b.reshape(p, [-1, 1], f"{h.model}.column") for p, h in zip(ps, heads, strict=True)]
-        if model.passthrough:
-            picked = b.node("Gather", [b.input_name, b.const(np.array(model.passthrough, np.int64), "passthrough")],
-                            "passthrough_columns", axis=1)
-            blocks.append(cast(b, picked, b.input_type, dtype, "passthrough"))
-        x = b.node("Concat", blocks, "stack_features", axis=1)
-        z = b.node("Div", [b.node("Sub", [x, b.const(model.mean.astype(np_type), "stack_mean")], "centred"),
-                           b.const(model.scale.astype(np_type), "stack_scale")], "standardised")
-        out = b.node("Add", [b.node("MatMul", [z, b.const(model.coef.astype(np_type), "stack_coef")], "stack_matmul"),
-                             b.const(model.intercept.astype(np_type), "stack_intercept")], "stack_logits")
-        if task == "classification":
-            out = b.node("Softmax", [out], "stack_probabilities", axis=1)
-        elif shape is not None and len(shape) == 1:
+        ps = [as_float64(b, h.tensor, h.elem_type, h.model) for h in heads]
+        out = from_float64(b, learned_stack(b, model, ps, [h.model for h in heads]), dtype)
+        if task == "regression" and shape is not None and len(shape) == 1:
             out = b.reshape(out, [-1], "stack_prediction")
     if task == "classification":
         emit_classifier_outputs(b, out, dtype, shape, check_same_classes(heads, source))
@@ -255,11 +240,7 @@ def reference_stack(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarr
 
     model = prepared.stack
     assert model is not None
-    dtype = NUMPY_TYPES[promoted_type(heads)]
-    if not model.learned:
-        out = mean_of([a.astype(dtype) for a in arrays])
-    else:
-        out = apply(model, arrays, rows, dtype)
+    out = apply(model, arrays, rows, NUMPY_TYPES[promoted_type(heads)])
     if model.task == "classification":
         return classifier_result(out, heads[0].classes)
     return {"prediction": out.reshape(arrays[0].shape)}

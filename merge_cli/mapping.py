@@ -22,6 +22,8 @@ Dtype = Literal["float32", "float64"]
 Task = Literal["classification", "regression"]
 COMBINER_KINDS = ("mean", "weighted", "sum", "max", "min", "concat", "vote", "stack", "gate", "onnx")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # class labels are int64 tensors
+Learner = Literal["auto", "linear"]
+LEARNERS: tuple[Learner, ...] = ("auto", "linear")
 MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 TOP_KEYS = {"version", "input", "inputs", "models", "combiner"}
@@ -36,7 +38,7 @@ COMBINER_KEYS: dict[str, set[str]] = {
     "min": set(),
     "concat": set(),
     "vote": set(),
-    "stack": {"data", "target", "passthrough", "alpha", "folds"},
+    "stack": {"data", "target", "passthrough", "alpha", "folds", "learner"},
     "gate": {"missing_label"},
     "onnx": {"path"},
 }
@@ -80,6 +82,7 @@ class CombinerSpec:
     passthrough: tuple[int, ...] = ()
     alpha: float | None = None
     folds: int = 5
+    learner: Learner = "auto"  # "linear": never the residual MLP
     missing_label: int | str = -1
     path: Path | None = None
 
@@ -328,12 +331,20 @@ class _Validator:
             out = replace(out, path=self.path(doc["path"], "combiner.path"))
         if "target" in doc:
             out = replace(out, target=self.string(doc["target"], "combiner.target"))
-        if doc.get("passthrough", []) != []:  # [] (as the canonical mapping records it) means none
+        if doc.get("passthrough") == "all":  # every numeric column of the merged input
+            out = replace(out, passthrough=numeric_columns(spec))
+        elif doc.get("passthrough", []) != []:  # [] (as the canonical mapping records it) means none
+            if isinstance(doc["passthrough"], str):
+                raise self.error("combiner.passthrough", f"must be \"all\" or a list of columns, not {doc['passthrough']!r}")
             out = replace(out, passthrough=self.columns(doc["passthrough"], "combiner.passthrough", spec, False))
             strings = [spec.columns[c] for c in out.passthrough if family(spec.dtype_of(c)) == "string"]
             if strings:
                 raise self.error("combiner.passthrough", f"column {strings[0]!r} is a string column",
                                  "passthrough takes numeric columns only")
+        if "learner" in doc:
+            if doc["learner"] not in LEARNERS:
+                raise self.error("combiner.learner", f"must be \"auto\" or \"linear\", not {doc['learner']!r}")
+            out = replace(out, learner=doc["learner"])
         if "alpha" in doc:
             out = replace(out, alpha=self.number(doc["alpha"], "combiner.alpha", 0.0))
         if "folds" in doc:
@@ -418,6 +429,11 @@ def apply_overrides(mapping: FeatureMapping, request: MergeRequest) -> FeatureMa
 # ---------------------------------------------------------------------------- canonical form
 
 
+def numeric_columns(spec: MergedInputs) -> tuple[int, ...]:
+    """What passthrough = "all" means: every column that is not a string column."""
+    return tuple(i for i in range(len(spec.columns)) if family(spec.dtype_of(i)) == "numeric")
+
+
 def canonical(mapping: FeatureMapping, relative_to: Path) -> dict[str, Any]:
     """The resolved mapping as plain data (paths relative to `relative_to`), for provenance."""
 
@@ -441,8 +457,9 @@ def canonical(mapping: FeatureMapping, relative_to: Path) -> dict[str, Any]:
     c = mapping.combiner
     comb: dict[str, Any] = {"kind": c.kind}
     if c.kind == "stack":
-        comb |= {"data": rel(c.data), "target": c.target, "alpha": c.alpha, "folds": c.folds,
-                 "passthrough": [mapping.inputs.columns[i] for i in c.passthrough]}
+        every = c.passthrough == numeric_columns(mapping.inputs)
+        comb |= {"data": rel(c.data), "target": c.target, "alpha": c.alpha, "folds": c.folds, "learner": c.learner,
+                 "passthrough": "all" if every else [mapping.inputs.columns[i] for i in c.passthrough]}
     if c.kind == "gate":
         comb["missing_label"] = c.missing_label
     if c.kind == "onnx":

@@ -105,7 +105,8 @@ def merge(request: MergeRequest, progress: Progress | None = None) -> MergeResul
         inputs=[input_entry(i, mapping) for i in built.model.graph.input],
         outputs=[output_entry(o) for o in built.model.graph.output],
         opsets=built.target.opsets, ir_version=built.target.ir_version, verification=report,
-        seconds=time.perf_counter() - start, stages=step.stages, warnings=list(built.warnings), scores=scores,
+        seconds=time.perf_counter() - start, stages=step.stages, scores=scores,
+        warnings=list(built.warnings) + list(stack.warnings if stack else ()),
         stack=stack.to_dict(mapping.inputs.columns) if stack else None,
     )
 

@@ -96,7 +96,8 @@ def fit(spec: FeatureMapping, parts: list[Part], rows: Rows) -> StackModel:
     table = x[keep].astype(np.float64) if x.dtype.names is None else np.zeros((len(keep), 0))
     try:
         return fit_stack(task, [o[keep] for o in outputs], table, y[keep],  # type: ignore[arg-type]
-                         [p.name for p in parts], spec.combiner.passthrough, spec.combiner.alpha, folds, k)
+                         [p.name for p in parts], spec.combiner.passthrough, spec.combiner.alpha, folds, k,
+                         spec.combiner.learner)
     except np.linalg.LinAlgError:  # alpha = 0 with parts whose outputs are linearly dependent (identical parts)
         raise bad_input(spec.source, f"combiner.alpha = {spec.combiner.alpha:g}: the stack's fit has no unique "
                         "solution (the parts' outputs on these rows are linearly dependent)",

@@ -1,101 +1,131 @@
-"""Fit the `stack` combiner with numpy: multinomial logistic or ridge regression over the parts' outputs.
+"""Fit the `stack` combiner with numpy and choose, by cross-validation, what the merged model ships.
 
-The fit shrinks towards `mean`, not towards zero. Its features are the log of the parts' mean
-probability (classifiers) or the parts' predictions (regressors), then each part's probabilities,
-then the passthrough columns, all standardised; the L2 penalty pulls the weights and the intercept
-towards the values that reproduce `mean` exactly. A strong penalty gives `mean` back, a weak one a
-freely learned combination, and k-fold cross-validation picks the strength in between. `mean` and each
-part alone are scored too: when the learned fit does not beat `mean` out of fold, the stack is `mean`
-rather than a fit that only looks good in-sample.
+The linear fit (multinomial logistic for classifiers, ridge for regressors) shrinks towards `mean`,
+not towards zero. Its features are the log of the parts' mean probability, each part's
+log-probability and probability (classifiers) or each part's prediction (regressors), then the
+passthrough columns, all standardised; the L2 penalty pulls the weights towards the values that
+reproduce `mean` exactly, and k-fold cross-validation picks its strength. Per-part log-probabilities
+let the fit reproduce one sharp part (softmax(log p) = p), which a mix of probabilities cannot.
 
-Per-part probabilities rather than log-probabilities: a part that is confidently wrong on a few rows
-(a tree's 0 or 1) would dominate a log-space fit there. Measured on breast_cancer, wine, iris, digits
-and diabetes with parts on disjoint columns (100 splits), this choice and the penalty towards `mean`
-halved the held-out splits where the stack scored below `mean` or the best part in log-loss.
+With `learner = "auto"` a small MLP over the same standardised features is fitted on top of the
+linear logits (learners.fit_residual): the parts' outputs cannot carry an interaction between a
+column only one part sees and a column only the other sees; the MLP can learn it from the columns.
+
+What ships is decided on out-of-fold losses, row by row: the residual MLP only when it beats the
+linear fit by more than one standard error of the paired difference, and a part alone only when it
+beats the choice that way. One standard error, because on small data (iris: 37 rows) the best
+out-of-fold score is optimistic, and picking on it shipped worse models more often than better ones.
+A part that beats the shipped combiner by less is reported with a warning.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
+from .learners import Residual, fit_logistic, fit_residual, fit_ridge, softmax
 from .scores import score
 
 Task = Literal["classification", "regression"]
-EPS = 1e-4  # the mean probability is clipped to [EPS, 1] before its log: a 0 would be -inf
+EPS = 1e-4  # probabilities are clipped to [EPS, 1] before their log: a 0 would be -inf
 ALPHAS = tuple(float(a) for a in np.logspace(0, 4, 9))  # as sklearn's C = 1/alpha for the logistic fit
-REPEATS = 3  # cross-validation repeats (different shuffles) on small data, for a steadier choice of alpha
-CV_ROWS = 20_000  # alpha is chosen on at most this many rows; the final fit uses them all
+RESIDUAL_ALPHAS = (1.0, 10.0)  # the residual MLP's L2 strengths (its target has unit scale)
+REPEATS = 3  # cross-validation repeats (different shuffles) on small data, for a steadier choice
+CV_ROWS = 20_000  # the choice is made on at most this many rows (seeded sample); the linear fit uses all
+RESIDUAL_ROWS = 5_000  # the residual MLP is fitted on at most this many rows (seeded sample)
 
 
 @dataclass(frozen=True)
 class Candidate:
     """One combination the cross-validation compared, with its out-of-fold scores."""
 
-    name: str  # "stack", "mean" or a model's name
+    name: str  # "stack", "stack+mlp", "mean" or a model's name
     loss: float  # mean out-of-fold log-loss (classifiers) or squared error (regressors)
     scores: dict[str, float | None]
+    losses: np.ndarray = field(repr=False, compare=False)  # per row, for the paired comparison
+
+
+@dataclass(frozen=True)
+class Linear:
+    """((x - mean) / scale) @ coef + intercept: the linear stack's logits or prediction."""
+
+    mean: np.ndarray  # [d]
+    scale: np.ndarray  # [d]
+    coef: np.ndarray  # [d, K]
+    intercept: np.ndarray  # [K]
+
+    def standardised(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray((x - self.mean) / self.scale)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.standardised(x) @ self.coef + self.intercept)
 
 
 @dataclass(frozen=True)
 class StackModel:
     """What the stack computes, and how it was chosen.
 
-    Learned (chosen "stack"): softmax-or-identity(((features - mean) / scale) @ coef + intercept).
-    Otherwise (chosen "mean"): the parts' mean.
+    "stack": softmax-or-identity(linear(x)); "stack+mlp": softmax-or-identity(linear(x) + residual(z));
+    "mean": the parts' mean; a model's name: that part's output alone.
     """
 
     task: Task
     passthrough: tuple[int, ...]  # merged-input columns appended to the features
-    chosen: str  # "stack" (the learned fit) or "mean"
-    alpha: float | None  # the L2 strength of the learned fit
+    chosen: str
+    alpha: float | None  # the L2 strength of the linear fit
     folds: int
     rows: int  # rows the fit used
     dropped: int  # rows left out because a feature or the target was not finite
     candidates: tuple[Candidate, ...]
-    mean: np.ndarray | None = None  # [d]
-    scale: np.ndarray | None = None  # [d]
-    coef: np.ndarray | None = None  # [d, K]
-    intercept: np.ndarray | None = None  # [K]
+    learner: str = "auto"
+    linear: Linear | None = None
+    residual: Residual | None = None
+    residual_alpha: float | None = None
+    part: int | None = None  # the part shipped alone
+    warnings: tuple[str, ...] = ()
 
     @property
     def learned(self) -> bool:
-        return self.chosen == "stack"
+        return self.linear is not None
 
     def to_dict(self, columns: tuple[str, ...]) -> dict[str, object]:
+        all_columns = len(self.passthrough) == len(columns) and self.passthrough == tuple(range(len(columns)))
         return {
             "chosen": self.chosen,
+            "learner": self.learner,
             "alpha": self.alpha,
+            "residual_alpha": self.residual_alpha,
             "folds": self.folds,
             "rows": self.rows,
             "dropped_rows": self.dropped,
-            "passthrough": [columns[c] for c in self.passthrough],
+            "passthrough": "all" if all_columns and columns else [columns[c] for c in self.passthrough],
             "cross_validation": [{"combiner": c.name, "loss": c.loss, **c.scores} for c in self.candidates],
+            "warnings": list(self.warnings),
         }
 
 
-# ---------------------------------------------------------------------------- features
+# ---------------------------------------------------------------------------- what the graph computes
 
 
-def features(task: Task, outputs: list[np.ndarray], rows: np.ndarray, passthrough: tuple[int, ...],
-             dtype: type = np.float64) -> np.ndarray:
-    """The learned stack's input row, computed as the graph computes it: [N, d] in `dtype`.
+def features(task: Task, outputs: list[np.ndarray], rows: np.ndarray, passthrough: tuple[int, ...]) -> np.ndarray:
+    """The learned stack's input row in float64, as the graph computes it: [N, d].
 
-    Classifiers: log(max(mean p, EPS)), then each part's p; regressors: each part's prediction;
-    then the passthrough columns.
+    Classifiers: log(max(mean p, EPS)), each part's log(max(p, EPS)), each part's p;
+    regressors: each part's prediction; then the passthrough columns.
     """
     n = len(rows)
     blocks: list[np.ndarray] = []
     if task == "classification":
-        ps: list[np.ndarray] = [o.astype(dtype) for o in outputs]
-        blocks.append(np.log(np.maximum(mean_of(ps), dtype(EPS))))
+        ps = [o.astype(np.float64) for o in outputs]
+        blocks.append(np.log(np.maximum(mean_of(ps), EPS)))
+        blocks.extend(np.log(np.maximum(p, EPS)) for p in ps)
         blocks.extend(ps)
     else:
-        blocks.extend(o.astype(dtype).reshape(n, -1) for o in outputs)
+        blocks.extend(o.astype(np.float64).reshape(n, -1) for o in outputs)
     if passthrough:
-        blocks.append(rows[:, list(passthrough)].astype(dtype))
+        blocks.append(rows[:, list(passthrough)].astype(np.float64))
     return np.concatenate(blocks, axis=1)
 
 
@@ -108,20 +138,21 @@ def mean_of(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def apply(model: StackModel, outputs: list[np.ndarray], rows: np.ndarray, dtype: type = np.float64) -> np.ndarray:
-    """The stack's output: probabilities [N, K] or predictions [N, 1], computed in `dtype`."""
-    if not model.learned:
-        return mean_of([o.astype(dtype).reshape(len(rows), -1) for o in outputs])
-    assert model.mean is not None and model.scale is not None and model.coef is not None
-    assert model.intercept is not None
-    x = features(model.task, outputs, rows, model.passthrough, dtype)
-    z = (x - model.mean.astype(dtype)) / model.scale.astype(dtype)
-    out = z @ model.coef.astype(dtype) + model.intercept.astype(dtype)
-    return softmax(out) if model.task == "classification" else out
+    """The stack's output: probabilities [N, K] or predictions [N, 1] in `dtype`.
 
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
+    `mean` and a part alone are computed in `dtype`, as their graph does; the learned stack in float64
+    and rounded to `dtype` at the end, as its graph does.
+    """
+    n = len(rows)
+    if model.part is not None:
+        return outputs[model.part].astype(dtype).reshape(n, -1)
+    if model.linear is None:
+        return mean_of([o.astype(dtype).reshape(n, -1) for o in outputs])
+    x = features(model.task, outputs, rows, model.passthrough)
+    out = model.linear(x)
+    if model.residual is not None:
+        out = out + model.residual(model.linear.standardised(x))
+    return (softmax(out) if model.task == "classification" else out).astype(dtype)
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -145,96 +176,29 @@ def standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, scale
 
 
-def fit_one(task: Task, x: np.ndarray, y: np.ndarray, k: int, alpha: float, w_raw: np.ndarray,
-            start: tuple[np.ndarray, np.ndarray] | None = None
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Standardise x, fit with the penalty pulling towards the prior w_raw; (mean, scale, coef, intercept)."""
+def fit_linear(task: Task, x: np.ndarray, y: np.ndarray, k: int, alpha: float, w_raw: np.ndarray,
+               start: Linear | None = None) -> Linear:
+    """Standardise x, fit with the penalty pulling towards the prior w_raw."""
     mean, scale = standardise(x)
     z = (x - mean) / scale
     w0, b0 = w_raw * scale[:, None], mean @ w_raw  # the prior's function of x, in standardised coordinates
     if task == "classification":
-        coef, intercept = fit_logistic(z, y, k, alpha, w0, b0, start)
+        coef, intercept = fit_logistic(z, y, k, alpha, w0, b0, None if start is None else (start.coef, start.intercept))
     else:
         coef, intercept = fit_ridge(z, y.astype(np.float64), alpha, w0, b0)
-    return mean, scale, coef, intercept
+    return Linear(mean, scale, coef, intercept)
 
 
-def predict(task: Task, x: np.ndarray, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray,
-            intercept: np.ndarray) -> np.ndarray:
-    out = ((x - mean) / scale) @ coef + intercept
+def fit_mlp(task: Task, linear: Linear, x: np.ndarray, y: np.ndarray, alpha: float) -> Residual:
+    z = linear.standardised(x)
+    return fit_residual(task == "classification", z, y, z @ linear.coef + linear.intercept, alpha)
+
+
+def predict(task: Task, linear: Linear, x: np.ndarray, residual: Residual | None = None) -> np.ndarray:
+    out = linear(x)
+    if residual is not None:
+        out = out + residual(linear.standardised(x))
     return softmax(out) if task == "classification" else out
-
-
-def fit_logistic(z: np.ndarray, y: np.ndarray, k: int, alpha: float, w0: np.ndarray, b0: np.ndarray,
-                 start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression: min sum log-loss + alpha/2 (||W - w0||^2 + ||b - b0||^2), by L-BFGS."""
-    n, d = z.shape
-    onehot = np.eye(k)[y]
-
-    def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        w, b = theta[: d * k].reshape(d, k), theta[d * k:]
-        logits = z @ w + b
-        top = logits.max(axis=1, keepdims=True)
-        lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-        dw, db = w - w0, b - b0
-        value = float(np.sum(lse - np.sum(logits * onehot, axis=1)) + 0.5 * alpha * (np.sum(dw * dw) + np.sum(db * db)))
-        r = np.exp(logits - lse[:, None]) - onehot
-        return value, np.concatenate([(z.T @ r + alpha * dw).ravel(), r.sum(axis=0) + alpha * db])
-
-    w_start, b_start = (w0, b0) if start is None else start
-    theta = lbfgs(loss_grad, np.concatenate([w_start.ravel(), b_start]), tolerance=1e-7 * max(n, 1))
-    return theta[: d * k].reshape(d, k), theta[d * k:]
-
-
-def fit_ridge(z: np.ndarray, y: np.ndarray, alpha: float, w0: np.ndarray,
-              b0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge regression: min ||y - z W - b||^2 + alpha (||W - w0||^2 + (b - b0)^2), for centred columns of z."""
-    d = z.shape[1]
-    w = np.linalg.solve(z.T @ z + alpha * np.eye(d), z.T @ y[:, None] + alpha * w0)
-    b = (y.sum() + alpha * b0) / (len(y) + alpha)
-    return w, np.atleast_1d(b)
-
-
-def lbfgs(fun: object, x: np.ndarray, tolerance: float, memory: int = 10, iterations: int = 1000) -> np.ndarray:
-    """Minimise a smooth convex function given as x -> (value, gradient): L-BFGS, backtracking line search."""
-    value, grad = fun(x)  # type: ignore[operator]
-    steps: list[tuple[np.ndarray, np.ndarray, float]] = []  # (s, y, 1 / y.s)
-    for _ in range(iterations):
-        if np.max(np.abs(grad)) <= tolerance:
-            break
-        q = grad.copy()
-        factors = []
-        for s, yv, rho in reversed(steps):
-            a = rho * float(s @ q)
-            q -= a * yv
-            factors.append(a)
-        if steps:
-            s, yv, _ = steps[-1]
-            q *= float(s @ yv) / float(yv @ yv)
-        for (s, yv, rho), a in zip(steps, reversed(factors), strict=True):
-            q += (a - rho * float(yv @ q)) * s
-        direction, slope = -q, -float(grad @ q)
-        if slope >= 0:  # not a descent direction: start again from steepest descent
-            steps.clear()
-            direction, slope = -grad, -float(grad @ grad)
-        step = 1.0 if steps else min(1.0, 1.0 / max(float(np.max(np.abs(grad))), 1e-12))
-        while True:
-            candidate = x + step * direction
-            new_value, new_grad = fun(candidate)  # type: ignore[operator]
-            if new_value <= value + 1e-4 * step * slope or step < 1e-12:
-                break
-            step *= 0.5
-        if step < 1e-12:
-            break
-        s, yv = candidate - x, new_grad - grad
-        if float(s @ yv) > 1e-12:
-            steps.append((s, yv, 1.0 / float(s @ yv)))
-            del steps[:-memory]
-        improvement = value - new_value
-        x, value, grad = candidate, new_value, new_grad
-        if improvement <= 1e-12 * max(abs(value), 1.0):
-            break
-    return x
 
 
 # ---------------------------------------------------------------------------- choosing
@@ -257,12 +221,27 @@ def loss(task: Task, out: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.asarray((out[:, 0] - y) ** 2)
 
 
+def beats(a: Candidate, b: Candidate) -> bool:
+    """a's out-of-fold loss is below b's by more than one standard error of their paired difference
+    (and by more than rounding: identical predictions differ by 1e-16, with a standard error as small)."""
+    diff = a.losses - b.losses
+    if len(diff) < 2:
+        return False
+    return bool(diff.mean() + diff.std(ddof=1) / np.sqrt(len(diff)) < -1e-6 * abs(b.loss))
+
+
+def sample(n: int, limit: int, seed: int = 0) -> np.ndarray:
+    """At most `limit` of n row indices: all of them, or a seeded random sample (sorted)."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit]) if n > limit else np.arange(n)
+
+
 def fit_stack(task: Task, outputs: list[np.ndarray], rows: np.ndarray, y: np.ndarray, names: list[str],
-              passthrough: tuple[int, ...], alpha: float | None, folds: int, classes: int = 1) -> StackModel:
-    """Choose alpha by k-fold cross-validation, compare with `mean` (and report each part), fit on all rows.
+              passthrough: tuple[int, ...], alpha: float | None, folds: int, classes: int = 1,
+              learner: str = "auto") -> StackModel:
+    """Cross-validate the candidates, choose what ships, and fit it on all rows.
 
     `outputs` are the parts' outputs on `rows`; `y` holds class indices (classifiers, `classes` = K)
-    or target values (regressors). With `alpha` given, the learned fit is kept whatever the comparison.
+    or target values (regressors). With `alpha` given, the learned fit is kept over `mean` and the parts.
     """
     k = classes if task == "classification" else 1
     x_all = features(task, outputs, rows, passthrough)
@@ -272,45 +251,101 @@ def fit_stack(task: Task, outputs: list[np.ndarray], rows: np.ndarray, y: np.nda
     n = len(x)
     folds = min(folds, n)
     w_mean = mean_prior(task, len(outputs), k, x.shape[1])
-    cv = np.random.default_rng(0).permutation(n)[:CV_ROWS] if n > CV_ROWS else np.arange(n)
-    best_alpha, stack = cross_validate(task, x[cv], y[cv], k, (alpha,) if alpha is not None else ALPHAS,
-                                       folds, w_mean)
-    fixed = {"mean": mean_of(parts), **dict(zip(names, parts, strict=True))}
-    candidates = [stack] + [Candidate(name, float(loss(task, out[cv], y[cv]).mean()), score(task, y[cv], out[cv], k))
-                            for name, out in fixed.items()]
-    # the parts are reported, not chosen: picking one part by its CV score is a noisy bet that drops
-    # what the others know, and it lost to `mean` on held-out rows more often than it won
-    best = stack if alpha is not None or stack.loss < candidates[1].loss else candidates[1]
-    common = dict(task=task, passthrough=passthrough, chosen=best.name, folds=folds, rows=n,
-                  dropped=int((~keep).sum()), candidates=tuple(candidates))
-    if best.name == "stack":
-        mean, scale, coef, intercept = fit_one(task, x, y, k, best_alpha, w_mean)
-        return StackModel(**common, alpha=best_alpha, mean=mean, scale=scale, coef=coef,  # type: ignore[arg-type]
-                          intercept=intercept)
-    return StackModel(**common, alpha=None)  # type: ignore[arg-type]
+    cv = sample(n, CV_ROWS)
+    found = cross_validate(task, x[cv], y[cv], k, (alpha,) if alpha is not None else ALPHAS, folds, w_mean,
+                           learner == "auto")
+    stack, mlp = found.stack, found.mlp
+
+    def fixed(name: str, out: np.ndarray) -> Candidate:
+        per_row = loss(task, out[cv], y[cv])
+        return Candidate(name, float(per_row.mean()), score(task, y[cv], out[cv], k), per_row)
+
+    mean = fixed("mean", mean_of(parts))
+    singles = [fixed(name, out) for name, out in zip(names, parts, strict=True)]
+    best = stack if alpha is not None or stack.loss < mean.loss else mean
+    if mlp is not None and beats(mlp, best):
+        best = mlp
+    warnings = []
+    top = min(singles, key=lambda c: c.loss)
+    if top.loss < best.loss:
+        clear = beats(top, best)
+        if clear and alpha is None:
+            warnings.append(f"{top.name} alone beat the stack out of fold by more than one standard error "
+                            f"(loss {top.loss:.4g} against {best.loss:.4g}): the merged model is {top.name} alone")
+            best = top
+        else:
+            warnings.append(f"{top.name} alone beat the shipped combiner ({best.name}) out of fold (loss "
+                            f"{top.loss:.4g} against {best.loss:.4g}{'' if clear else ', within one standard error'})")
+    candidates = (stack, *([mlp] if mlp is not None else []), mean, *singles)
+    common = dict(task=task, passthrough=passthrough, chosen=best.name, folds=folds, rows=n, learner=learner,
+                  dropped=int((~keep).sum()), candidates=candidates, warnings=tuple(warnings))
+    if best.name in names:
+        return StackModel(**common, alpha=None, part=names.index(best.name))  # type: ignore[arg-type]
+    if best is mean:
+        return StackModel(**common, alpha=None)  # type: ignore[arg-type]
+    start = fit_linear(task, x[cv], y[cv], k, found.alpha, w_mean) if n > len(cv) and task == "classification" else None
+    linear = fit_linear(task, x, y, k, found.alpha, w_mean, start)  # few iterations from the sample's fit
+    residual = None
+    if best is mlp:
+        some = sample(n, RESIDUAL_ROWS, seed=1)
+        residual = fit_mlp(task, linear, x[some], y[some], found.residual_alpha)
+    return StackModel(**common, alpha=found.alpha, linear=linear, residual=residual,  # type: ignore[arg-type]
+                      residual_alpha=found.residual_alpha if residual is not None else None)
+
+
+@dataclass(frozen=True)
+class Found:
+    """What cross-validation found: the linear fit's alpha, its candidate, and the residual MLP's."""
+
+    alpha: float
+    stack: Candidate
+    mlp: Candidate | None
+    residual_alpha: float
 
 
 def cross_validate(task: Task, x: np.ndarray, y: np.ndarray, k: int, alphas: tuple[float, ...], folds: int,
-                   w_mean: np.ndarray) -> tuple[float, Candidate]:
-    """The alpha with the lowest out-of-fold loss (repeated k-fold), and the learned fit's scores at it."""
+                   w_mean: np.ndarray, residual: bool) -> Found:
+    """Repeated k-fold: the alpha with the lowest out-of-fold loss, then the residual MLP on those fits."""
     repeats = REPEATS if x.size * k <= 2_000_000 else 1
-    losses = dict.fromkeys(alphas, 0.0)
-    oofs: list[dict[float, np.ndarray]] = []
-    for r in range(repeats):
-        ids = fold_ids(y if task == "classification" else None, len(x), folds, seed=r)
+    splits = [fold_ids(y if task == "classification" else None, len(x), folds, seed=r) for r in range(repeats)]
+    losses = {a: np.zeros(len(x)) for a in alphas}
+    outs: dict[float, list[np.ndarray]] = {a: [] for a in alphas}
+    fits: dict[tuple[int, int, float], Linear] = {}
+    for r, ids in enumerate(splits):
         oof = {a: np.zeros((len(x), k)) for a in alphas}
         for f in range(folds):
             train, test = ids != f, ids == f
             start = None
             for a in sorted(alphas, reverse=True):  # warm starts, from the strongest penalty down
-                mean, scale, coef, intercept = fit_one(task, x[train], y[train], k, a, w_mean, start)
-                start = (coef, intercept)
-                oof[a][test] = predict(task, x[test], mean, scale, coef, intercept)
+                start = fits[r, f, a] = fit_linear(task, x[train], y[train], k, a, w_mean, start)
+                oof[a][test] = predict(task, start, x[test])
         for a in alphas:
-            losses[a] += float(loss(task, oof[a], y).mean()) / repeats
-        oofs.append(oof)
-    best = min(alphas, key=lambda a: (losses[a], -a))  # ties go to the stronger penalty
-    runs = [score(task, y, oof[best], k) for oof in oofs]
-    scores = {key: None if any(r[key] is None for r in runs) else float(np.mean([r[key] for r in runs]))
-              for key in runs[0]}
-    return best, Candidate("stack", losses[best], scores)
+            losses[a] += loss(task, oof[a], y) / repeats
+            outs[a].append(oof[a])
+    best = min(alphas, key=lambda a: (float(losses[a].mean()), -a))  # ties go to the stronger penalty
+    stack = Candidate("stack", float(losses[best].mean()), mean_scores(task, y, outs[best], k), losses[best])
+    if not residual:
+        return Found(best, stack, None, RESIDUAL_ALPHAS[0])
+    mlps = []
+    for ra in RESIDUAL_ALPHAS:
+        per_row, preds = np.zeros(len(x)), []
+        for r, ids in enumerate(splits):
+            held = np.zeros((len(x), k))
+            for f in range(folds):
+                train, test = np.flatnonzero(ids != f), ids == f
+                some = train[sample(len(train), RESIDUAL_ROWS, seed=1)]
+                linear = fits[r, f, best]
+                held[test] = predict(task, linear, x[test], fit_mlp(task, linear, x[some], y[some], ra))
+            per_row += loss(task, held, y) / repeats
+            preds.append(held)
+        mlps.append((float(per_row.mean()), ra, Candidate("stack+mlp", float(per_row.mean()),
+                                                          mean_scores(task, y, preds, k), per_row)))
+    _, residual_alpha, mlp = min(mlps, key=lambda t: (t[0], -t[1]))
+    return Found(best, stack, mlp, residual_alpha)
+
+
+def mean_scores(task: Task, y: np.ndarray, outs: list[np.ndarray], k: int) -> dict[str, float | None]:
+    """Scores of each repeat's out-of-fold predictions, averaged over the repeats."""
+    runs = [score(task, y, out, k) for out in outs]
+    return {key: None if any(r[key] is None for r in runs) else float(np.mean([r[key] for r in runs]))
+            for key in runs[0]}

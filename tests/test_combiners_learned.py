@@ -30,7 +30,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from merge_cli import stacking
+from merge_cli import learners
 from merge_cli.scores import average_ranks, roc_auc
 
 OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -341,7 +341,7 @@ def test_stack_scores_at_least_as_well_as_each_part_and_mean_on_held_out_rows(cl
         assert scores["merged"]["accuracy"] > max(s["accuracy"] for s in others)
 
     stack = doc["stack"]
-    assert [c["combiner"] for c in stack["cross_validation"]] == ["stack", "mean", *job.names]
+    assert [c["combiner"] for c in stack["cross_validation"]] == ["stack", "stack+mlp", "mean", *job.names]
     assert stack["rows"] == len(job.stack) and stack["folds"] == 5
     assert stack["passthrough"] == passthrough
     table = {m["model"]: m for m in doc["scores"]["models"]}
@@ -415,13 +415,13 @@ def test_stack_numpy_fits_agree_with_sklearn() -> None:
     z -= z.mean(axis=0)
     y = np.argmax(z @ rng.standard_normal((4, 3)) + rng.standard_normal((200, 3)), axis=1)
     alpha = 2.0
-    coef, intercept = stacking.fit_logistic(z, y, 3, alpha, np.zeros((4, 3)), np.zeros(3))
+    coef, intercept = learners.fit_logistic(z, y, 3, alpha, np.zeros((4, 3)), np.zeros(3))
     ones = np.hstack([z, np.ones((200, 1))])
     reference = LogisticRegression(C=1 / alpha, fit_intercept=False, tol=1e-10, max_iter=10000).fit(ones, y)
     np.testing.assert_allclose(np.vstack([coef, intercept]), reference.coef_.T, atol=1e-4)
 
     target = z @ np.array([1.0, -2.0, 0.5, 0.0]) + 3.0 + rng.standard_normal(200)
-    w, b = stacking.fit_ridge(z, target, alpha, np.zeros((4, 1)), np.zeros(1))
+    w, b = learners.fit_ridge(z, target, alpha, np.zeros((4, 1)), np.zeros(1))
     ridge = Ridge(alpha=alpha, fit_intercept=False).fit(ones, target)
     np.testing.assert_allclose(np.append(w[:, 0], b), ridge.coef_, atol=1e-8)
 

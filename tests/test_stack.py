@@ -1,0 +1,103 @@
+"""The stack, round two: float64 graph (default tolerances hold), passthrough = "all", the residual MLP,
+a part shipped alone when it clearly wins, and the warning when one wins by less."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_model, write_mapping
+from onnx import numpy_helper
+from test_combiners_learned import Job, diabetes, merge_json, wine  # noqa: F401 (module fixtures)
+
+from merge_cli import stacking
+
+
+@pytest.mark.parametrize("learner", ["linear", "auto"])
+def test_stack_on_diabetes_passes_default_tolerances_and_a_wrong_one_fails(cli, diabetes: Job, learner: str) -> None:  # noqa: F811
+    """6 of 1440 float32 stack graphs differed from the float64 reference by a relative 3-7e-5 on random rows."""
+    diabetes.csv(diabetes.stack, "stack.csv")
+    mapping = diabetes.mapping({"kind": "stack", "data": "stack.csv", "target": "y", "passthrough": "all",
+                                "learner": learner, "alpha": 1.0}, name=f"all_{learner}.toml")
+    out = diabetes.dir / f"all_{learner}.onnx"
+    doc = merge_json(cli, mapping, out, "--rows", "2000")
+    assert doc["stack"]["passthrough"] == "all" and doc["stack"]["learner"] == learner
+    # graph and reference both compute in float64 and round to float32 once: at most an ulp apart
+    assert doc["verification"]["max_rel_error"] < 2.5e-7
+    assert doc["verification"]["atol"] == 1e-5 and doc["verification"]["rtol"] == 1e-5
+    assert cli("verify", out).code == 0
+
+    model = onnx.load(out)
+    coef = next(t for t in model.graph.initializer if t.name.startswith("stack_weight"))
+    coef.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(coef) * (1 + 1e-4), coef.name))
+    onnx.save(model, out)
+    assert cli("verify", out).code == 1  # a stack off by 1e-4 of its weights is caught
+
+
+def test_passthrough_all_and_learner_are_validated(cli, wine: Job) -> None:  # noqa: F811
+    wine.csv(wine.stack, "stack.csv")
+    for value, message in (("some", "combiner.passthrough"), ("trees", "combiner.learner")):
+        key = "passthrough" if message.endswith("passthrough") else "learner"
+        mapping = wine.mapping({"kind": "stack", "data": "stack.csv", "target": "y", key: value}, name="bad.toml")
+        result = cli("merge", "--map", mapping, "--out", wine.dir / "bad.onnx")
+        assert result.code == 3 and message in result.error_lines[0], result.stderr
+        assert not (wine.dir / "bad.onnx").exists()
+
+
+def interacting(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label 1 where u * v > 0.3 (plus noise): u only in part a's columns, v only in b's."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.5, 1.5, (n, 4))
+    y = (x[:, 0] * x[:, 2] + 0.1 * rng.standard_normal(n) > 0.3).astype(np.int64)
+    return x, y
+
+
+def test_residual_mlp_learns_what_crosses_the_column_sets_and_is_embedded(cli, tmp_path) -> None:
+    """Parts that each see one factor of u*v know nothing alone; the MLP over the columns learns the product."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = interacting(1200, 0)
+    train, fit, test = slice(0, 400), slice(400, 800), slice(800, 1200)
+    columns = ["u", "p", "v", "q"]
+    for name, cols in (("a", [0, 1]), ("b", [2, 3])):
+        model = LogisticRegression().fit(x[train][:, cols], y[train])
+        onx = to_onnx(model, x[:1, cols].astype(np.float32), options={"zipmap": False}, target_opset={"": 17, "ai.onnx.ml": 3})
+        (tmp_path / f"{name}.onnx").write_bytes(onx.SerializeToString())
+    rows = tmp_path / "rows.csv"
+    rows.write_text("u,p,v,q,y\n" + "".join(f"{a},{b},{c},{d},{t}\n" for (a, b, c, d), t in zip(x[fit], y[fit], strict=True)))
+    doc: dict[str, object] = {"input": {"columns": columns}, "models": {
+        "a": {"path": "a.onnx", "columns": ["u", "p"]}, "b": {"path": "b.onnx", "columns": ["v", "q"]}},
+        "combiner": {"kind": "stack", "data": "rows.csv", "target": "y", "passthrough": "all"}}
+    out = merge_json(cli, write_mapping(tmp_path / "map.toml", doc), tmp_path / "m.onnx")
+    assert out["stack"]["chosen"] == "stack+mlp"
+    ops = {n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node}
+    assert {"Tanh", "MatMul", "Softmax"} <= ops
+    p = run_model(tmp_path / "m.onnx", {"features": x[test].astype(np.float32)})["probabilities"]
+    accuracy = float(np.mean(np.argmax(p, axis=1) == y[test]))
+    assert accuracy > 0.85  # the parts (and any mix of them) stay near the base rate, about 0.7
+
+
+def sharp_and_useless(n: int, width: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Part a right on 90% of rows, part b a coin, `width` columns of noise: little data, much to overfit."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    sharp = np.where(y[:, None] == np.arange(2), 0.9, 0.1)
+    flip = rng.random(n) < 0.1
+    sharp[flip] = sharp[flip][:, ::-1]
+    noise = rng.uniform(0.2, 0.8, (n, 1))
+    return [sharp, np.hstack([noise, 1 - noise])], rng.standard_normal((n, width)), y
+
+
+def test_a_part_that_clearly_wins_ships_alone_and_a_close_one_is_a_warning() -> None:
+    outputs, rows, y = sharp_and_useless(40, 20)
+    alone = stacking.fit_stack("classification", outputs, rows, y, ["a", "b"], tuple(range(20)), None, 5, 2, "linear")
+    assert alone.chosen == "a" and alone.part == 0 and alone.linear is None
+    assert "a alone beat the stack out of fold by more than one standard error" in alone.warnings[0]
+    np.testing.assert_array_equal(stacking.apply(alone, outputs, rows), outputs[0])
+
+    outputs, rows, y = sharp_and_useless(60, 30)
+    close = stacking.fit_stack("classification", outputs, rows, y, ["a", "b"], tuple(range(30)), None, 5, 2, "linear")
+    losses = {c.name: c.loss for c in close.candidates}
+    assert close.chosen == "stack" and losses["a"] < losses["stack"]  # a wins out of fold, but by less than 1 SE
+    assert "a alone beat the shipped combiner (stack)" in close.warnings[0] and "within one" in close.warnings[0]
