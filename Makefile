@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-images test lint bench samples fixtures dist clean
+.PHONY: help install demo demo-images test lint bench stack-experiment samples fixtures dist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ lint: install ## ruff and mypy
 
 bench: install ## measure merge time, memory, inference and start-up against their targets (a few minutes)
 	$(BIN)/python benchmarks/run_all.py
+
+stack-experiment: install ## stack against the best part, sklearn's stacking and a retrained model (issue 15; minutes)
+	$(BIN)/python benchmarks/stack_experiment.py
 
 samples: install ## regenerate the sample models (needs only the test extra)
 	$(BIN)/python samples/make_samples.py
