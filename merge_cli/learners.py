@@ -76,7 +76,7 @@ def fit_ridge(z: np.ndarray, y: np.ndarray, alpha: float, w0: np.ndarray,
 
 
 def fit_residual(classify: bool, z: np.ndarray, y: np.ndarray, offset: np.ndarray, alpha: float,
-                 seed: int = 0, iterations: int = 200) -> Residual:
+                 seed: int = 0, iterations: int = 100) -> Residual:
     """The MLP that best corrects `offset` (the linear stack's logits [N, K] or predictions [N, 1]).
 
     Classifiers minimise the log-loss of softmax(offset + mlp(z)); regressors the squared error of
