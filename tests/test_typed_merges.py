@@ -305,3 +305,45 @@ def test_gate_on_typed_inputs_drops_models_with_empty_strings_or_nan(cli, tmp_pa
     fusion, cnn = probabilities("digits_fusion")[:20], probabilities("digits_cnn")[:20]
     np.testing.assert_allclose(got["probabilities"][:10], cnn[:10], atol=TOL, rtol=0)
     np.testing.assert_allclose(got["probabilities"][10:], (fusion[10:] + cnn[10:]) / 2, atol=TOL, rtol=0)
+
+
+WEIGHTS = {0: 3.0, 1: 1.0}  # the first model's vote counts three times the second's
+
+
+def combined(names: list[str], combiner: str) -> dict[str, np.ndarray]:
+    """What weighted, sum, max, min and concat compute from the originals' probabilities, in numpy."""
+    ps = [probabilities(n).astype(np.float64) for n in names]
+    if combiner == "concat":
+        return {"prediction": np.concatenate(ps, axis=1)}
+    if combiner == "weighted":
+        p = sum(WEIGHTS[i] * q for i, q in enumerate(ps)) / sum(WEIGHTS.values())
+    else:
+        p = {"sum": sum(ps), "max": np.maximum.reduce(ps), "min": np.minimum.reduce(ps)}[combiner]
+        total = p.sum(axis=1, keepdims=True)  # renormalised to rows of probabilities; a row of zeros is uniform
+        p = np.where(total > 0, p / np.where(total > 0, total, 1), 1 / p.shape[1])
+    return {"probabilities": p, "label": np.array(TYPED[names[0]].classes)[np.argmax(p, axis=1)]}
+
+
+MORE_CASES = [CASES[0], CASES[3]]  # a string one-hot + numeric pair; an image + tabular model and a tabular one
+
+
+@pytest.mark.parametrize("combiner", ["weighted", "sum", "max", "min", "concat"])
+@pytest.mark.parametrize("case", MORE_CASES, ids=[c[0] for c in MORE_CASES])
+def test_other_combiners_on_typed_inputs_equal_the_originals(cli, tmp_path: Path, case: Any, combiner: str) -> None:
+    _, names = case
+    doc = typed_mapping(names, combiner)
+    if combiner == "weighted":
+        for i, name in enumerate(names):
+            doc["models"][name]["weight"] = WEIGHTS[i]
+    out = tmp_path / "merged.onnx"
+    result = cli("merge", "--map", write_mapping(tmp_path / "m.toml", doc), "--out", out, "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["verification"]["passed"] and result.json["verification"]["max_abs_error"] <= TOL
+    got = run_model(out, merged_feed(TYPED[names[0]].dataset, out))
+    want = combined(names, combiner)
+    assert set(got) == set(want)
+    for name, value in want.items():
+        if value.dtype.kind == "f":
+            np.testing.assert_allclose(got[name], value, atol=TOL, rtol=0)
+        else:
+            np.testing.assert_array_equal(got[name], value)
