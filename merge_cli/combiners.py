@@ -14,7 +14,6 @@ import numpy as np
 
 from .builder import Builder, CombinerGraph
 from .combining import (
-    NUMPY_TYPES,
     Head,
     Prepared,
     Source,
@@ -35,7 +34,7 @@ from .combining import (
 )
 from .errors import incompatible
 from .gate import build_gate, reference_gate
-from .graphs import DOUBLE, FLOAT
+from .graphs import DOUBLE, FLOAT, NUMPY_OF_TYPE
 from .inputs import TableInput
 from .mapping import CombinerSpec, FeatureMapping
 from .stacking import mean_of
@@ -59,7 +58,7 @@ def build_elementwise(kind: str, heads: list[Head], b: Builder, source: Source) 
     elif kind == "sum":
         combined = b.node("Sum", xs, "sum")
     elif kind == "weighted":
-        w = normalized_weights(heads, kind).astype(NUMPY_TYPES[dtype])
+        w = normalized_weights(heads, kind).astype(NUMPY_OF_TYPE[dtype])
         scaled = [b.node("Mul", [x, b.const(np.array(wi), f"{h.model}.weight")], f"{h.model}.weighted")
                   for x, wi, h in zip(xs, w, heads, strict=True)]
         combined = b.node("Sum", scaled, "weighted")
@@ -82,8 +81,8 @@ def renormalise(b: Builder, probabilities: str, dtype: int, classes: int) -> str
     models that disagree) becomes uniform rather than 0/0."""
     total = b.reduce("ReduceSum", probabilities, 1, 1, "row_sum")
     scaled = b.node("Div", [probabilities, total], "renormalised")
-    positive = b.node("Greater", [total, b.const(np.array(0, NUMPY_TYPES[dtype]), "zero")], "row_sum_positive")
-    return b.node("Where", [positive, scaled, b.const(np.array(1 / classes, NUMPY_TYPES[dtype]), "uniform")],
+    positive = b.node("Greater", [total, b.const(np.array(0, NUMPY_OF_TYPE[dtype]), "zero")], "row_sum_positive")
+    return b.node("Where", [positive, scaled, b.const(np.array(1 / classes, NUMPY_OF_TYPE[dtype]), "uniform")],
                   "renormalised_probabilities")
 
 
@@ -117,7 +116,7 @@ def build_concat(heads: list[Head], b: Builder, source: Source) -> None:
 
 def reference_elementwise(kind: str, heads: list[Head], arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
     """What build_elementwise computes, in numpy, from the parts' outputs run separately."""
-    dtype = NUMPY_TYPES[promoted_type(heads)]
+    dtype = NUMPY_OF_TYPE[promoted_type(heads)]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise incompatible(None, "the parts' outputs have different shapes when run: "
@@ -142,7 +141,7 @@ def reference_elementwise(kind: str, heads: list[Head], arrays: list[np.ndarray]
 
 
 def reference_concat(heads: list[Head], arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-    dtype = NUMPY_TYPES[promoted_type(heads)]
+    dtype = NUMPY_OF_TYPE[promoted_type(heads)]
     xs = [a.astype(dtype).reshape(len(a), -1) if a.ndim == 1 else a.astype(dtype) for a in arrays]
     return {"prediction": np.concatenate(xs, axis=-1)}
 
@@ -158,7 +157,7 @@ def build_vote(heads: list[Head], b: Builder, source: Source) -> None:
     dtype = promoted_type(heads)
     shape = check_same_shapes(heads, source)
     k = len(classes)
-    np_type = NUMPY_TYPES[dtype]
+    np_type = NUMPY_OF_TYPE[dtype]
     ps = [cast(b, h.tensor, h.elem_type, dtype, h.model) for h in heads]
     index = b.const(np.arange(k, dtype=np.int64).reshape(1, k), "class_index")
     votes = []
@@ -179,7 +178,7 @@ def build_vote(heads: list[Head], b: Builder, source: Source) -> None:
 
 def reference_vote(heads: list[Head], arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
     classes = class_array(classifier_heads(heads, "vote", None))
-    dtype: Any = NUMPY_TYPES[promoted_type(heads)]
+    dtype: Any = NUMPY_OF_TYPE[promoted_type(heads)]
     ps = [a.astype(dtype) for a in arrays]
     k = len(classes)
     share = None
@@ -240,7 +239,7 @@ def reference_stack(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarr
 
     model = prepared.stack
     assert model is not None
-    out = apply(model, arrays, rows, NUMPY_TYPES[promoted_type(heads)])
+    out = apply(model, arrays, rows, NUMPY_OF_TYPE[promoted_type(heads)])
     if model.task == "classification":
         return classifier_result(out, heads[0].classes)
     return {"prediction": out.reshape(arrays[0].shape)}

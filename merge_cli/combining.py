@@ -10,7 +10,7 @@ import numpy as np
 
 from .builder import Builder
 from .errors import incompatible
-from .graphs import DOUBLE, FLOAT, INT64, STRING, Classes, Shape
+from .graphs import DOUBLE, FLOAT, INT64, NUMPY_OF_TYPE, STRING, Classes, Shape
 from .parts import Part
 from .stacking import StackModel
 
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from .model_io import LoadedModel
 
 Source = Path | None  # the file errors are reported against (the mapping)
-NUMPY_TYPES = {FLOAT: np.float32, DOUBLE: np.float64}
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def shares(weights: list[float]) -> np.ndarray:
 
 def mean(b: Builder, xs: list[str], dtype: int) -> str:
     """Sum, then divide by the count: the order numpy's reference (stacking.mean_of) sums in."""
-    return b.node("Div", [b.node("Sum", xs, "sum"), b.const(np.array(len(xs), NUMPY_TYPES[dtype]), "count")], "mean")
+    return b.node("Div", [b.node("Sum", xs, "sum"), b.const(np.array(len(xs), NUMPY_OF_TYPE[dtype]), "count")], "mean")
 
 
 def emit_classifier_outputs(b: Builder, probabilities: str, dtype: int, shape: Shape, classes: Classes,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .graphs import all_nodes
+from .graphs import NUMPY_OF_DTYPE, all_nodes
 from .inputs import MergedInputs, TableInput
 
 if TYPE_CHECKING:
@@ -28,8 +28,6 @@ CATEGORY_ATTRS = {  # op -> attributes listing the values its input is compared 
     "CategoryMapper": ("cats_strings", "cats_int64s"),
 }
 INT_RANGE = (-3, 12)  # integers that meet no category: small, both signs
-NUMPY_DTYPE = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "int32": np.int32,
-               "bool": np.bool_, "string": object}
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ def table_rows(n: int, table: TableInput, categories: Sequence[Categories], seed
         return mixed_numbers(np.random.default_rng(seed), (n, len(table.columns))).astype(table.dtype)
     rng = np.random.default_rng(seed)
     columns = [column_values(rng, n, table.dtype, c) for c in categories]
-    return np.stack(columns, axis=1).astype(NUMPY_DTYPE[table.dtype])
+    return np.stack(columns, axis=1).astype(NUMPY_OF_DTYPE[table.dtype])
 
 
 def tensor_values(n: int, dtype: str, shape: Sequence[int | str | None], categories: Categories,
@@ -169,7 +167,7 @@ def tensor_values(n: int, dtype: str, shape: Sequence[int | str | None], categor
     full = (n, *(int(d) for d in dims))  # type: ignore[arg-type]
     rng = np.random.default_rng(seed)
     flat = column_values(rng, int(np.prod(full)), dtype, categories)
-    return flat.reshape(full).astype(NUMPY_DTYPE[dtype])
+    return flat.reshape(full).astype(NUMPY_OF_DTYPE[dtype])
 
 
 
@@ -216,4 +214,4 @@ def data_rows(inputs: MergedInputs, arrays: Mapping[str, np.ndarray]) -> np.ndar
     `[input]` mapping as it is, else records like typed_rows' with each input in its own dtype."""
     if inputs.single_table and inputs.tables[0].dtype in ("float32", "float64"):
         return arrays[inputs.items[0].name].astype(inputs.items[0].dtype)
-    return records({i.name: np.asarray(arrays[i.name]).astype(NUMPY_DTYPE[i.dtype]) for i in inputs.items})
+    return records({i.name: np.asarray(arrays[i.name]).astype(NUMPY_OF_DTYPE[i.dtype]) for i in inputs.items})

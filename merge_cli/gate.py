@@ -8,7 +8,6 @@ import numpy as np
 
 from .builder import Builder
 from .combining import (
-    NUMPY_TYPES,
     Head,
     Source,
     cast,
@@ -22,7 +21,7 @@ from .combining import (
     vote_weights,
 )
 from .errors import incompatible
-from .graphs import DOUBLE, FLOAT
+from .graphs import DOUBLE, FLOAT, NUMPY_OF_TYPE
 from .mapping import CombinerSpec
 
 
@@ -36,7 +35,7 @@ def build_gate(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source
     classes = check_same_classes(heads, source) if task == "classification" else None
     check_missing_label(spec, classes, source)
     dtype = promoted_type(heads)
-    np_type = NUMPY_TYPES[dtype]
+    np_type = NUMPY_OF_TYPE[dtype]
     shape = check_same_shapes(heads, source)
     rank = len(shape) if shape is not None else 2
     counts = missing_counts(heads, b) if b.tables else legacy_missing_counts(heads, b)
@@ -72,7 +71,7 @@ def build_gate(spec: CombinerSpec, heads: list[Head], b: Builder, source: Source
 def legacy_missing_counts(heads: list[Head], b: Builder) -> list[str]:
     """Per model, its missing (NaN) cells of the one float table; the parts read it with NaN filled by 0."""
     missing = b.node("IsNaN", [b.input_name], "missing")
-    zero = b.const(np.array(0, NUMPY_TYPES[b.input_type]), "zero_input")
+    zero = b.const(np.array(0, NUMPY_OF_TYPE[b.input_type]), "zero_input")
     b.graph.routes_read = b.node("Where", [missing, zero, b.input_name], "features_filled")
     missing_count = b.node("Cast", [missing], "missing_count_cells", to=FLOAT)
     counts = []
@@ -94,7 +93,7 @@ def missing_counts(heads: list[Head], b: Builder) -> list[str]:
     for table in b.tables:
         if table.dtype in ("float32", "float64"):
             missing = b.node("IsNaN", [table.name], f"{table.name}.missing")
-            zero = b.const(np.array(0, NUMPY_TYPES[DOUBLE if table.dtype == "float64" else FLOAT]), "zero_input")
+            zero = b.const(np.array(0, NUMPY_OF_TYPE[DOUBLE if table.dtype == "float64" else FLOAT]), "zero_input")
             b.graph.tables_read[table.name] = b.node("Where", [missing, zero, table.name], f"{table.name}_filled")
         elif table.dtype == "string" and b.opset >= 19:  # Equal takes strings from opset 19
             missing = b.node("Equal", [table.name, b.const(np.array("", dtype=object), "empty_string")],
@@ -158,7 +157,7 @@ def missing_cells(values: np.ndarray) -> np.ndarray:
 
 def reference_gate(spec: CombinerSpec, heads: list[Head], arrays: list[np.ndarray],
                    rows: np.ndarray) -> dict[str, np.ndarray]:
-    dtype: Any = NUMPY_TYPES[promoted_type(heads)]
+    dtype: Any = NUMPY_OF_TYPE[promoted_type(heads)]
     w = vote_weights(heads, "gate", None).astype(dtype)
     masks = available_rows(heads, rows)
     weighted = [np.where(ok, wi, dtype(0)) for ok, wi in zip(masks, w, strict=True)]

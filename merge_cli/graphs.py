@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,12 +14,26 @@ Dim = int | str | None
 Shape = tuple[Dim, ...] | None  # None: rank unknown
 Classes = tuple[int, ...] | tuple[str, ...]
 
-# onnx TensorProto.DataType values used by name here (onnx itself is imported only where it is needed)
-FLOAT, INT32, INT64, STRING, DOUBLE = 1, 6, 7, 8, 11
+# The one place for element types. onnx TensorProto.DataType values used by name (onnx itself is imported
+# only where it is needed, so these are written out; they agree with onnx.helper.tensor_dtype_to_np_dtype).
+FLOAT, INT32, INT64, STRING, BOOL, FLOAT16, DOUBLE, BFLOAT16 = 1, 6, 7, 8, 9, 10, 11, 16
 LABEL_TYPES = (INT64, INT32, STRING)
-SCORE_TYPES = (FLOAT, DOUBLE, 10, 16)  # float, double, float16, bfloat16
-NUMPY_OF_TYPE = {FLOAT: np.float32, DOUBLE: np.float64, 10: np.float16, INT32: np.int32, INT64: np.int64,
-                 9: np.bool_, STRING: np.object_}
+SCORE_TYPES = (FLOAT, DOUBLE, FLOAT16, BFLOAT16)
+NUMPY_OF_TYPE: dict[int, type[np.generic]] = {FLOAT: np.float32, DOUBLE: np.float64, FLOAT16: np.float16, INT32: np.int32,
+                                              INT64: np.int64, BOOL: np.bool_, STRING: np.object_}
+_TYPE_OF_NUMPY = {(np.dtype(t).kind, np.dtype(t).itemsize): elem for elem, t in NUMPY_OF_TYPE.items()}
+# the dtype names a mapping file uses for inputs, and the element types they feed
+INPUT_TYPE_OF_DTYPE = {"float32": FLOAT, "float64": DOUBLE, "int64": INT64, "int32": INT32, "bool": BOOL,
+                       "string": STRING}
+DTYPE_OF_INPUT_TYPE = {elem: name for name, elem in INPUT_TYPE_OF_DTYPE.items()}
+ROUTABLE_TYPES = {FLOAT: "float32", DOUBLE: "float64", FLOAT16: "float16", BFLOAT16: "bfloat16", INT32: "int32",
+                  INT64: "int64", BOOL: "bool"}  # element types a table's columns can feed
+NUMPY_OF_DTYPE = {name: NUMPY_OF_TYPE[elem] for name, elem in INPUT_TYPE_OF_DTYPE.items()}
+
+
+def elem_type_of(dtype: np.dtype[Any]) -> int | None:
+    """The onnx element type of a numpy array's dtype (by kind and size), None for one onnx has no name for here."""
+    return _TYPE_OF_NUMPY.get((dtype.kind, dtype.itemsize))
 DEFAULT_OPSET = 17  # for parts that declare no default-domain opset at all (e.g. XGBoost via onnxmltools)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .draws import finite_records
 from .errors import ExitCode, MergeError, bad_input, first_line
-from .graphs import NUMPY_OF_TYPE, all_nodes
+from .graphs import NUMPY_OF_TYPE, all_nodes, elem_type_of
 from .parts import PROBE_ROWS, Observed, Part
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 # on every run; this variable (read at import, before any onnxruntime import here) turns it all off.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-ONNX_OF = {"f4": 1, "f8": 11, "f2": 10, "i4": 6, "i8": 7, "b1": 9, "O8": 8}  # numpy kind + itemsize -> onnx type
 MAX_CELLS = 1 << 24  # random rows x input columns held at once: 64 MiB of float32, whatever the width
 
 
@@ -487,7 +486,7 @@ def observe_outputs(part: Part, strict: bool = True) -> Observed | None:
     observed: Observed = {}
     for o in part.outputs:
         value = values[o.name]
-        elem_type = None if o.name in part.zipmap_classes else ONNX_OF.get(value.dtype.kind + str(value.dtype.itemsize))
+        elem_type = None if o.name in part.zipmap_classes else elem_type_of(value.dtype)
         observed[o.name] = (tuple(int(d) for d in value.shape), elem_type)
     return observed
 

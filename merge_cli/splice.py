@@ -14,7 +14,7 @@ from .combiners import build_combiner
 from .combining import Head, Prepared
 from .convert import Target
 from .errors import incompatible
-from .graphs import TensorInfo, copied, graph_names, is_default_domain, subgraphs
+from .graphs import INPUT_TYPE_OF_DTYPE, ROUTABLE_TYPES, STRING, TensorInfo, copied, graph_names, is_default_domain, subgraphs
 from .inputs import MergedInputs, TableInput, TensorInput, family
 from .mapping import FeatureMapping, Route
 from .naming import unique_name
@@ -23,9 +23,6 @@ from .parts import Part
 if TYPE_CHECKING:
     from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
 
-ROUTABLE_TYPES = {1: "float32", 11: "float64", 10: "float16", 16: "bfloat16", 6: "int32", 7: "int64", 9: "bool"}
-STRING = 8
-ELEM_TYPE: dict[str, int] = {"float32": 1, "float64": 11, "int64": 7, "int32": 6, "bool": 9, "string": STRING}
 
 
 @dataclass
@@ -123,7 +120,7 @@ def splice(parts: list[Part], mapping: FeatureMapping) -> Spliced:
     # A part with a fixed batch size fixes the merged model's too (check_batches warned about it).
     batch = next((p.batch for p in parts if p.batch is not None), "N")
     bound = [(part, info, r) for part in parts for info, r in bound_routes(part)]
-    inputs = [helper.make_tensor_value_info(item.name, ELEM_TYPE[item.dtype], merged_shape(item, bound, batch, mapping))
+    inputs = [helper.make_tensor_value_info(item.name, INPUT_TYPE_OF_DTYPE[item.dtype], merged_shape(item, bound, batch, mapping))
               for item in mapping.inputs.items]
     out = Spliced(inputs=inputs, names={i.name for i in inputs})
     opset = next((e.version for p in parts for e in p.model.opset_import if is_default_domain(e.domain)), 1)
@@ -197,11 +194,11 @@ def feed_columns(out: Spliced, part: Part, info: TensorInfo, r: Route, target: s
     pieces = _by_table(inputs, r.columns)
     results = []
     for i, (table, columns) in enumerate(pieces):
-        whole = len(pieces) == 1 and ELEM_TYPE[table.dtype] == info.elem_type
+        whole = len(pieces) == 1 and INPUT_TYPE_OF_DTYPE[table.dtype] == info.elem_type
         gathered = target if whole else out.fresh(f"{base}.gathered" if len(pieces) == 1 else f"{base}.{table.name}")
         route(out, table.name, columns, scalar, gathered, base if i == 0 else f"{base}.{table.name}", opset,
               transposed=table.dtype != "string")
-        if ELEM_TYPE[table.dtype] != info.elem_type:
+        if INPUT_TYPE_OF_DTYPE[table.dtype] != info.elem_type:
             cast = target if len(pieces) == 1 else out.fresh(f"{base}.{table.name}.cast")
             name = f"cast.{base}" if len(pieces) == 1 else f"cast.{base}.{table.name}"
             out.nodes.append(helper.make_node("Cast", [gathered], [cast], to=info.elem_type, name=out.fresh(name)))
@@ -230,7 +227,7 @@ def feed_whole(out: Spliced, part: Part, info: TensorInfo, name: str, target: st
 
     item = mapping.inputs.named(name)
     assert item is not None
-    key, have = _key(part, info, Route(None, (), name)), ELEM_TYPE[item.dtype]
+    key, have = _key(part, info, Route(None, (), name)), INPUT_TYPE_OF_DTYPE[item.dtype]
     if info.elem_type != have and STRING in (info.elem_type, have):
         raise incompatible(mapping.source, f"{key}: input {name!r} is {item.dtype} but input {info.name!r} of "
                            f"{part.source.path.name} is {_type_name(info.elem_type)}",

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import bad_input, cannot_write, incompatible
-from .graphs import DOUBLE, SCORE_TYPES
+from .graphs import DOUBLE, ROUTABLE_TYPES, SCORE_TYPES
 from .inspection import ModelInfo, describe, input_width, model_name
 from .mapping import COMBINER_KINDS, parse_mapping
 from .model_io import check_output_path, make_folders
 from .naming import unique_name
-from .splice import ROUTABLE_TYPES, match_routes
+from .splice import match_routes
 from .starter_inputs import StarterInputs, lay_out, typed_port
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .graphs import BOOL, DTYPE_OF_INPUT_TYPE, INT32, INT64, STRING
 from .inspection import Port, input_width
 from .naming import unique_name
 
-STRING, INT64, INT32, BOOL, FLOAT, DOUBLE = 8, 7, 6, 9, 1, 11
-DTYPE_OF = {FLOAT: "float32", DOUBLE: "float64", INT64: "int64", INT32: "int32", BOOL: "bool", STRING: "string"}
 TABLE_OF = {"string": "strings", "int64": "codes", "int32": "codes32", "bool": "flags"}  # float tables: "features"
 
 
@@ -69,7 +68,7 @@ def lay_out(models: list[tuple[str, list[Port]]], float_dtype: str) -> StarterIn
     for name, ports in models:
         bound: list[tuple[str, list[str] | str]] = []
         for port in ports:
-            dtype = DTYPE_OF.get(port.elem_type, "float32")
+            dtype = DTYPE_OF_INPUT_TYPE.get(port.elem_type, "float32")
             if as_tensor(port):
                 shape: list[int | str] = ["N", *(port.shape or [])[1:]]
                 key = (port.name, dtype, len(shape))
