@@ -385,7 +385,7 @@ def _check_output_path(out: Path, inputs: list[Path]) -> None:
     data = data_path(out)
     for candidate in (out, data):
         for inp in inputs:
-            if _same_file(candidate, inp):
+            if _would_overwrite(candidate, inp):
                 raise cannot_write(out, f"would overwrite the input {str(inp)!r}", "choose another --out")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise cannot_write(out, f"directory {str(parent)!r} is not writable")
@@ -410,13 +410,15 @@ def data_path(out: Path) -> Path:
     return out.with_name(out.name + ".data")
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _would_overwrite(out: Path, inp: Path) -> bool:
+    """Writing `out` would replace `inp`: the same file on disk (a hard or symbolic link counts), or the same
+    absolute path when one does not exist yet."""
     try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
+        if out.exists() and inp.exists():
+            return os.path.samefile(out, inp)
     except OSError:
         pass
-    return os.path.abspath(a) == os.path.abspath(b)
+    return os.path.abspath(out) == os.path.abspath(inp)
 
 
 @contextmanager

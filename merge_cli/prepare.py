@@ -41,7 +41,7 @@ def prepare_combiner(spec: FeatureMapping, data: Path | None, target: str | None
     """Before conversion: the --data rows, and the user's combiner graph (converted with the parts)."""
     rows = None
     if data is not None:
-        if spec.combiner.data is not None and _same_file(spec.combiner.data, data):
+        if spec.combiner.data is not None and _same_data_file(spec.combiner.data, data):
             target = target or spec.combiner.target
         rows = read_data(data, spec.inputs.items, resolve_target(data, spec.inputs.items, target, strict=False))
     if spec.combiner.kind == "onnx":
@@ -56,12 +56,13 @@ def fit_combiner(spec: FeatureMapping, parts: list[Part], prepared: Prepared, ro
     if comb.kind != "stack":
         return prepared
     assert comb.data is not None and comb.target is not None
-    if rows is None or not _same_file(comb.data, rows.path) or rows.target_name != comb.target:
+    if rows is None or not _same_data_file(comb.data, rows.path) or rows.target_name != comb.target:
         rows = read_data(comb.data, spec.inputs.items, comb.target)
     return replace(prepared, stack=fit(spec, parts, rows))
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _same_data_file(a: Path, b: Path) -> bool:
+    """Two --data paths name the same file once symlinks and '..' are resolved, so one read serves both."""
     try:
         return a.resolve() == b.resolve()
     except OSError:
@@ -161,6 +162,6 @@ def score_rows(merged: Path, parts: list[Part], heads: list[Head], spec: Feature
     elif task == "regression" and "prediction" in merged_out and merged_out["prediction"].size == len(x):
         models.append(Predictions("merged", merged_out["prediction"]))
     comb = spec.combiner
-    in_sample = comb.kind == "stack" and comb.data is not None and _same_file(comb.data, rows.path)
+    in_sample = comb.kind == "stack" and comb.data is not None and _same_data_file(comb.data, rows.path)
     return score_table(rows.path, rows.target_name, rows.target, task, classes, models, in_sample)
 
