@@ -663,7 +663,9 @@ def _metric(value: float | None) -> str:
 
 
 def _shape(shape: list[Any] | None) -> str:
-    return "[?]" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+    from .graphs import shape_text
+
+    return shape_text(shape)
 
 
 def _size(n: int) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 Dim = int | str | None
 Shape = tuple[Dim, ...] | None  # None: rank unknown
 Classes = tuple[int, ...] | tuple[str, ...]
+Task = Literal["classification", "regression"]  # what a model predicts: classes (probabilities, label) or numbers
 
 # The one place for element types. onnx TensorProto.DataType values used by name (onnx itself is imported
 # only where it is needed, so these are written out; they agree with onnx.helper.tensor_dtype_to_np_dtype).
@@ -29,6 +31,13 @@ DTYPE_OF_INPUT_TYPE = {elem: name for name, elem in INPUT_TYPE_OF_DTYPE.items()}
 ROUTABLE_TYPES = {FLOAT: "float32", DOUBLE: "float64", FLOAT16: "float16", BFLOAT16: "bfloat16", INT32: "int32",
                   INT64: "int64", BOOL: "bool"}  # element types a table's columns can feed
 NUMPY_OF_DTYPE = {name: NUMPY_OF_TYPE[elem] for name, elem in INPUT_TYPE_OF_DTYPE.items()}
+
+
+def shape_text(shape: Sequence[Dim] | None, unknown: str = "[?]") -> str:
+    """A shape as messages and summaries print it, `[N, 3]`; an unnamed dimension is `?`."""
+    if shape is None:
+        return unknown
+    return "[" + ", ".join("?" if d is None or d == "" else str(d) for d in shape) + "]"
 
 
 def elem_type_of(dtype: np.dtype[Any]) -> int | None:

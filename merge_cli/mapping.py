@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .document import read_document
 from .errors import MergeError, bad_input, incompatible, usage
+from .graphs import Task
 from .inputs import MergedInputs, TableInput, TensorInput, canonical_inputs, family, parse_inputs
 from .inputs import kind_of as _kind
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from .request import MergeRequest
 
 Dtype = Literal["float32", "float64"]
-Task = Literal["classification", "regression"]
 COMBINER_KINDS = ("mean", "weighted", "sum", "max", "min", "concat", "vote", "stack", "gate", "onnx")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # class labels are int64 tensors
 Learner = Literal["auto", "linear"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,11 +18,13 @@ from .graphs import (
     Classes,
     Dim,
     Shape,
+    Task,
     TensorInfo,
     copied,
     default_opset,
     fed_inputs,
     is_default_domain,
+    shape_text,
     tensor_info,
 )
 from .mapping import ModelSpec
@@ -81,7 +83,7 @@ class Part:
     head: TensorInfo  # the output fed to the combiner (a classifier's probabilities)
     label: TensorInfo | None = None
     classes: Classes | None = None  # after align_heads: the common class order of all classifiers
-    task: Literal["classification", "regression"] = "regression"
+    task: Task = "regression"
     zipmaps: Mapping[str, str] = field(default_factory=dict)  # ZipMap output -> the tensor that fed it
     zipmap_classes: Mapping[str, Classes] = field(default_factory=dict)  # that tensor -> the ZipMap's labels
     opset_from: int | None = None
@@ -315,7 +317,7 @@ def check_batches(parts: list[Part], source: Path) -> tuple[int | None, list[str
     for p in parts:
         if p.batch is not None:
             first = next(i for i in p.inputs if i.shape)
-            shown = "[" + ", ".join(str(d) if d is not None else "?" for d in first.shape or ()) + "]"
+            shown = shape_text(first.shape or ())
             warnings.append(f"models.{p.name}: {p.source.path.name} has a fixed batch size of {p.batch} "
                             f"(input {first.name!r} is {shown}), so the merged model takes exactly {p.batch} "
                             f"row{'s' if p.batch != 1 else ''} per run; re-export it with a dynamic batch "

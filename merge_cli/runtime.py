@@ -18,7 +18,7 @@ import numpy as np
 
 from .draws import finite_records
 from .errors import ExitCode, MergeError, bad_input, first_line
-from .graphs import NUMPY_OF_TYPE, all_nodes, elem_type_of
+from .graphs import NUMPY_OF_TYPE, all_nodes, elem_type_of, shape_text
 from .parts import PROBE_ROWS, Observed, Part
 
 if TYPE_CHECKING:
@@ -700,6 +700,5 @@ def declared_shape_problem(declared: list[Any] | None, actual: tuple[int, ...]) 
         return None
     differ = any(isinstance(d, int) and d != a for d, a in zip(declared, actual, strict=False))
     if len(declared) != len(actual) or differ:
-        shown = ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in declared)
-        return f"the merged file declares shape [{shown}] but onnxruntime returns {list(actual)}"
+        return f"the merged file declares shape {shape_text(declared)} but onnxruntime returns {list(actual)}"
     return None

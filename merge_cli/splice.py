@@ -14,7 +14,17 @@ from .combiners import build_combiner
 from .combining import Head, Prepared
 from .convert import Target
 from .errors import incompatible
-from .graphs import INPUT_TYPE_OF_DTYPE, ROUTABLE_TYPES, STRING, TensorInfo, copied, graph_names, is_default_domain, subgraphs
+from .graphs import (
+    INPUT_TYPE_OF_DTYPE,
+    ROUTABLE_TYPES,
+    STRING,
+    TensorInfo,
+    copied,
+    graph_names,
+    is_default_domain,
+    shape_text,
+    subgraphs,
+)
 from .inputs import MergedInputs, TableInput, TensorInput, family
 from .mapping import FeatureMapping, Route
 from .naming import unique_name
@@ -181,7 +191,7 @@ def feed_columns(out: Spliced, part: Part, info: TensorInfo, r: Route, target: s
     scalar = info.rank == 1
     if info.rank not in (None, 1, 2):
         raise incompatible(mapping.source, f"{key}: input {info.name!r} of {path.name} has shape "
-                           f"{_shape(info.shape)}; only [N, k] (or [N] for one column) inputs can take columns",
+                           f"{shape_text(info.shape, 'unknown')}; only [N, k] (or [N] for one column) inputs can take columns",
                            "declare an [inputs.<name>] tensor with its shape and bind it whole (input = \"<name>\")")
     if scalar and len(r.columns) != 1:
         raise incompatible(path, f"input {info.name!r} is [N] (one value per row) but "
@@ -263,7 +273,8 @@ def merged_shape(item: TensorInput | TableInput, bound: list[tuple[Part, TensorI
                                                   for a, b in zip(theirs[1:], shape[1:], strict=True))
         if not fits:
             raise incompatible(mapping.source, f"{_key(part, info, r)}: input {info.name!r} of {part.source.path.name} "
-                               f"has shape {_shape(info.shape)} but {item.name!r} has {_shape(shape)} (from {source})",
+                               f"has shape {shape_text(info.shape, 'unknown')} but {item.name!r} has "
+                               f"{shape_text(shape, 'unknown')} (from {source})",
                                "bind models whose inputs have the same shape, or declare separate [inputs.*] tensors")
         shape = [b if isinstance(b, int) else (a if isinstance(a, int) else b)
                  for a, b in zip(theirs, shape, strict=True)]
@@ -272,12 +283,6 @@ def merged_shape(item: TensorInput | TableInput, bound: list[tuple[Part, TensorI
         raise incompatible(mapping.source, f"inputs.{item.name}: no shape is known",
                            f'give it one: shape = ["N", ...] in [inputs.{item.name}]')
     return shape
-
-
-def _shape(shape: object) -> str:
-    if shape is None:
-        return "unknown"
-    return "[" + ", ".join(str(d) if d not in (None, "") else "?" for d in shape) + "]"  # type: ignore[attr-defined]
 
 
 def route(out: Spliced, source: str, columns: tuple[int, ...], scalar: bool, result: str, base: str,

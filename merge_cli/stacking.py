@@ -23,14 +23,13 @@ where the learned fit did better on held-out diabetes rows.)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 
+from .graphs import Task
 from .learners import Residual, fit_logistic, fit_residual, fit_ridge, softmax
 from .scores import score
 
-Task = Literal["classification", "regression"]
 EPS = 1e-4  # probabilities are clipped to [EPS, 1] before their log: a 0 would be -inf
 ALPHAS = tuple(float(a) for a in np.logspace(0, 4, 9))  # as sklearn's C = 1/alpha for the logistic fit
 RESIDUAL_ALPHAS = (10.0, 30.0)  # the residual MLP's L2 strengths (its target has unit scale): below 10 it

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import bad_input, cannot_write, incompatible
-from .graphs import DOUBLE, ROUTABLE_TYPES, SCORE_TYPES
+from .graphs import DOUBLE, ROUTABLE_TYPES, SCORE_TYPES, shape_text
 from .inspection import ModelInfo, describe, input_width, model_name
 from .mapping import COMBINER_KINDS, parse_mapping
 from .model_io import check_output_path, make_folders
@@ -143,7 +143,7 @@ def _starter_model(path: Path, name: str, base: Path) -> StarterModel:
         if port.elem_type not in ROUTABLE_TYPES:
             model.notes.append(f"input {port.name!r} is {port.type}: merge-models feeds numeric columns only")
         elif input_width(port) is None:
-            model.notes.append(f"input {port.name!r} has shape {_shape(port.shape)}: its width is unknown; "
+            model.notes.append(f"input {port.name!r} has shape {shape_text(port.shape)}: its width is unknown; "
                                "list its columns")
     if info.problem is not None:
         model.notes.append(f"merge-models cannot use this model as it is: {info.problem.message}"
@@ -281,7 +281,7 @@ def render(starter: Starter) -> str:
         lines.append(f"path = {_str(m.path)}   # relative to this file")
         if len(m.routes) == 1 and m.routes[0][0] is None:
             port = m.info.inputs[0]
-            lines.append(f"columns = {_list(m.routes[0][1])}   # fed, in order, to {port.name} {_shape(port.shape)}")
+            lines.append(f"columns = {_list(m.routes[0][1])}   # fed, in order, to {port.name} {shape_text(port.shape)}")
         head = m.info.part.head.name if m.info.part else None
         if m.output is not None:
             names = ", ".join(p.name for p in m.info.outputs)
@@ -356,10 +356,6 @@ def _about(info: ModelInfo) -> str:
     by = f" by {info.producer} {info.producer_version}".rstrip() if info.producer else ""
     feeds = f"; {part.head.name} feeds the combiner" if part else ""
     return f"{info.path.name}: {what}{by}{feeds}"
-
-
-def _shape(shape: list[int | str] | None) -> str:
-    return "[?]" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
 
 
 def _str(s: str) -> str:
