@@ -501,7 +501,8 @@ def _print_summary(result: MergeResult) -> None:
     if v:
         console.print(f"verified on {v['rows']} rows with onnxruntime: [green]ok[/green]")
         print_plain(f"  max abs error {v['max_abs_error']:.3g} (atol {v['atol']:g}), "
-                    f"max rel error {v['max_rel_error']:.3g} (rtol {v['rtol']:g})")
+                    f"max rel error {v['max_rel_error']:.3g} (rtol {v['rtol']:g})"
+                    + (f"; {v['tolerance_from']}" if v["tolerance_from"] else ""))
     else:
         console.print("[yellow]not verified (--no-verify)[/yellow]")
     _print_scores(console, doc)
@@ -603,8 +604,8 @@ def _print_verify(result: RecheckResult) -> None:
         for o in v["outputs"]])
     real = doc["data"]["rows"] if doc["data"] else 0
     on = f"{v['rows'] - real} random rows" + (f" + {real} from {Path(doc['data']['path']).name}" if real else "")
-    console.print(f"verified on {one_line(on)}: ", _ok(v["passed"], "failed"), f" (atol {v['atol']:g}, rtol {v['rtol']:g})",
-                  sep="", markup=False)
+    console.print(f"verified on {one_line(on)}: ", _ok(v["passed"], "failed"), f" (atol {v['atol']:g}, rtol {v['rtol']:g}"
+                  + (f"; {v['tolerance_from']})" if v.get("tolerance_from") else ")"), sep="", markup=False)
 
 
 def _plural(n: int, word: str) -> str:

@@ -39,7 +39,7 @@ from .result import MergeResult, ModelReport, input_entry, output_entry
 from .runtime import VerifyReport, observe_outputs, rows_for_width, verify
 from .splice import merged_model, prefixed
 from .trees import legacy_tree_ensembles
-from .verification import check_typed_support, rows_to_verify
+from .verification import check_typed_support, fitted_tolerances, rows_to_verify
 from .wire import payload_bytes
 
 if TYPE_CHECKING:
@@ -176,8 +176,9 @@ def verify_built(merged: Path, built: Built) -> VerifyReport:
         return expected
 
     batches = rows_to_verify(request.rows, mapping, parts, list(built.heads), built.model, built.rows)
+    atol, rtol, why = fitted_tolerances(request.atol, request.rtol, list(built.heads))
     try:
-        return verify(merged, parts, expected_of, batches, request.atol, request.rtol, part_rows(mapping))
+        return replace(verify(merged, parts, expected_of, batches, atol, rtol, part_rows(mapping)), tolerance_from=why)
     except MergeError as e:
         e.file = str(request.out) if e.code == ExitCode.VERIFY_FAILED else e.file
         raise

@@ -90,6 +90,7 @@ class VerifyReport:
     outputs: list[OutputCheck] = field(default_factory=list)
     seconds: float = 0.0
     runs: Outputs | None = field(default=None, repr=False, compare=False)  # not part of the report: for the scores
+    tolerance_from: str | None = None  # why atol/rtol are above the ones asked for (verification.fitted_tolerances)
 
     @property
     def passed(self) -> bool:
@@ -109,6 +110,7 @@ class VerifyReport:
             "rows": self.rows,
             "atol": self.atol,
             "rtol": self.rtol,
+            "tolerance_from": self.tolerance_from,
             "max_abs_error": self.max_abs,
             "max_rel_error": self.max_rel,
             "would_pass_with": {"atol": self.max_abs, "rtol": self.max_rel},
@@ -124,8 +126,9 @@ class VerifyReport:
                 parts.append(f"{o.name}: {o.problem}")
             else:
                 parts.append(f"{o.name}: max abs error {o.max_abs:.3g}, max rel error {o.max_rel:.3g}")
+        why = f"; {self.tolerance_from}" if self.tolerance_from else ""
         return ("merged outputs differ from the parts plus the combiner: " + "; ".join(parts)
-                + f" (atol={self.atol:g}, rtol={self.rtol:g}; would pass with atol={self.max_abs:.3g} "
+                + f" (atol={self.atol:g}, rtol={self.rtol:g}{why}; would pass with atol={self.max_abs:.3g} "
                 f"or rtol={self.max_rel:.3g})")
 
 

@@ -32,6 +32,25 @@ def rows_to_verify(rows: int, mapping: FeatureMapping, parts: list[Part], heads:
     return verification_batches(mapping, heads, random, real)
 
 
+LOW_PRECISION = {10: ("float16", 2.0 ** -10), 16: ("bfloat16", 2.0 ** -7)}  # ONNX elem type: (name, machine epsilon)
+ULPS = 4  # the parts' rounding, and onnxruntime's different kernels for the same ops in the merged graph
+
+
+def fitted_tolerances(atol: float, rtol: float, heads: list[Head]) -> tuple[float, float, str | None]:
+    """(atol, rtol, why): a part whose head is float16 or bfloat16 computes in that precision, so the merged
+    file (the same ops, other kernels or fusions) can differ from it by a few of its ulps; the tolerances
+    are raised to ULPS epsilons of the coarsest such type (at the scale of probabilities, 1), never lowered."""
+    low = {LOW_PRECISION[h.elem_type]: h.model for h in heads if h.elem_type in LOW_PRECISION}
+    if not low:
+        return atol, rtol, None
+    name, eps = max(low, key=lambda t: t[1])
+    floor = ULPS * eps
+    if atol >= floor and rtol >= floor:
+        return atol, rtol, None
+    models = ", ".join(m for (n, _), m in low.items() if n == name)
+    return max(atol, floor), max(rtol, floor), f"{models} computes in {name}: at least {ULPS} ulps of it ({floor:g})"
+
+
 def check_typed_support(mapping: FeatureMapping) -> None:
     """What a mapping of several or typed inputs cannot do yet: a stack's passthrough reads one float table."""
     if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):

@@ -88,6 +88,7 @@ def test_typed_inputs_merge_and_equal_the_originals(cli, tmp_path: Path, case: A
     assert result.code == 0, result.stderr
     doc = result.json
     assert doc["verification"]["passed"] and doc["verification"]["max_abs_error"] <= TOL
+    assert doc["verification"]["tolerance_from"] is None and doc["verification"]["atol"] == TOL  # float32 parts
     assert [i["name"] for i in doc["inputs"]] == list(typed_mapping(names)["inputs"])
     got = run_model(out, merged_feed(TYPED[names[0]].dataset, out))
     want_p, want_label = expected(names, combiner)
@@ -347,3 +348,74 @@ def test_other_combiners_on_typed_inputs_equal_the_originals(cli, tmp_path: Path
             np.testing.assert_allclose(got[name], value, atol=TOL, rtol=0)
         else:
             np.testing.assert_array_equal(got[name], value)
+
+
+def half_precision(source: Path, out: Path) -> Path:
+    """`source` computing in float16: its float initializers and constants as float16, a Cast after each input,
+    float16 outputs (a hand conversion, as onnxconverter-common's would be)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(source)
+    graph = model.graph
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT:
+            half = numpy_helper.to_array(init).astype(np.float16)
+            graph.initializer[i].CopyFrom(numpy_helper.from_array(half, init.name))
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
+    for port in graph.input:
+        for node in graph.node:
+            node.input[:] = [f"{port.name}_fp16" if x == port.name else x for x in node.input]
+        graph.node.insert(0, helper.make_node("Cast", [port.name], [f"{port.name}_fp16"], to=TensorProto.FLOAT16))
+    for port in graph.output:
+        port.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.checker.check_model(model)
+    onnx.save(model, out)
+    return out
+
+
+FP16_FLOOR = 4 * 2.0 ** -10  # 4 ulps of float16 at 1, the scale of probabilities
+
+
+def fp16_mapping(tmp_path: Path) -> Path:
+    doc = typed_mapping(["digits_cnn", "digits_cnn_dynamo"])
+    doc["models"]["digits_cnn"]["path"] = str(half_precision(FIXTURES / "digits_cnn.onnx", tmp_path / "cnn16.onnx"))
+    return write_mapping(tmp_path / "m.toml", doc)
+
+
+def test_a_float16_part_is_verified_at_float16_precision(cli, tmp_path: Path) -> None:
+    """fp16 CNN + fp32 CNN: the merge is right, but the float16 part's kernels differ in the merged graph by
+    more than 1e-5; the default tolerances rise to a few float16 ulps and the report says why."""
+    mapping, out = fp16_mapping(tmp_path), tmp_path / "merged.onnx"
+    result = cli("merge", "--map", mapping, "--out", out, "--json")
+    assert result.code == 0, result.stderr
+    v = result.json["verification"]
+    assert v["passed"] and v["atol"] == v["rtol"] == FP16_FLOOR and v["max_abs_error"] <= FP16_FLOOR
+    assert "digits_cnn computes in float16" in v["tolerance_from"]
+    half = ort.InferenceSession(str(tmp_path / "cnn16.onnx"), providers=["CPUExecutionProvider"])
+    p16 = half.run(None, typed_feed("digits_cnn"))[0].astype(np.float64)
+    want = (p16 + probabilities("digits_cnn_dynamo").astype(np.float64)) / 2
+    got = run_model(out, merged_feed("digits", out))
+    np.testing.assert_allclose(got["probabilities"], want, atol=FP16_FLOOR, rtol=0)
+    assert "computes in float16" in cli("merge", "--map", mapping, "--out", tmp_path / "m2.onnx").stdout
+
+    wider = cli("merge", "--map", mapping, "--out", tmp_path / "wide.onnx", "--atol", "0.01", "--json")
+    assert wider.code == 0 and wider.json["verification"]["atol"] == 0.01  # the user's larger tolerance wins
+    assert wider.json["verification"]["rtol"] == FP16_FLOOR
+
+
+def test_a_wrong_float16_merge_still_fails(cli, tmp_path: Path, monkeypatch) -> None:
+    """The reference mean off by 1%: well above the float16 tolerance, so verification refuses the merge."""
+    import merge_cli.combiners
+
+    real = merge_cli.combiners.mean_of
+    monkeypatch.setattr(merge_cli.combiners, "mean_of", lambda xs: real(xs) * np.float32(1.01))
+    out = tmp_path / "merged.onnx"
+    result = cli("merge", "--map", fp16_mapping(tmp_path), "--out", out)
+    assert result.code == 1, result.stderr
+    (line,) = result.error_lines
+    assert "merged outputs differ" in line and "computes in float16" in line and f"atol={FP16_FLOOR:g}" in line
+    assert not out.exists()
