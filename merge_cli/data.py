@@ -70,9 +70,27 @@ def read_data(path: Path, inputs: Sequence[MergedInput], target: str | None = No
             data = _read_text(path, f, inputs, target)
     if len(data) == 0:
         raise bad_input(path, "has no rows")
+    check_integer_cells(data, inputs, suffix in TEXT_FORMATS)
     if data.target is not None and len(data.target) != len(data):
         raise bad_input(path, f"{len(data.target)} target values for {len(data)} rows")
     return data
+
+
+def check_integer_cells(data: Rows, inputs: Sequence[MergedInput], text: bool) -> None:
+    """An int or bool column cannot hold a missing cell (NaN) or a fraction: cast to int64 it would become
+    another category silently, so the first such cell is named (a CSV's line: the header is line 1)."""
+    for item in inputs:
+        values = data.inputs.get(item.name)
+        if not isinstance(item, TableInput) or item.dtype not in ("int64", "int32", "bool") or values is None \
+                or values.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            where = f"line {row + 2}" if text else f"row {row + 1}"
+            what = "is missing" if not np.isfinite(values[row, column]) else f"is {values[row, column]:g}"
+            raise bad_input(data.path, f"{where}, column {item.columns[column]!r}: the cell {what}, but inputs."
+                            f"{item.name} is {item.dtype}", "fill it with a whole number (a category code)")
 
 
 def resolve_target(path: Path, inputs: Sequence[MergedInput], target: str | None, strict: bool = True) -> str | None:

@@ -419,3 +419,25 @@ def test_a_wrong_float16_merge_still_fails(cli, tmp_path: Path, monkeypatch) -> 
     (line,) = result.error_lines
     assert "merged outputs differ" in line and "computes in float16" in line and f"atol={FP16_FLOOR:g}" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("cell, what", [("", "the cell is missing"), ("2.5", "the cell is 2.5")])
+def test_a_bad_cell_in_an_int_column_of_data_names_file_line_and_column(cli, tmp_path: Path, cell: str,
+                                                                          what: str) -> None:
+    import csv
+
+    inputs, y = typed_data("shop")
+    rows = tmp_path / "shop.csv"
+    with open(rows, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["price", "weight", "color", "city", "size", "y"])
+        for i in range(8):
+            writer.writerow([*inputs["numbers"][i], *inputs["labels"][i], cell if i == 4 else inputs["codes"][i, 0],
+                             y[i]])
+    mapping = write_mapping(tmp_path / "m.toml", typed_mapping(["shop_onehot_str", "shop_onehot_int"]))
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "merged.onnx", "--data", rows)
+    assert result.code == 3, result.stderr
+    (line,) = result.error_lines
+    assert line.startswith(f"error: {rows}: line 6, column 'size': {what}, but inputs.codes is int64"), line
+    assert "hint: " in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "merged.onnx").exists()
