@@ -63,9 +63,9 @@ def merge(
     """
     from pathlib import Path
 
-    from .model_io import output_path
     from .pipeline import merge as run_merge
     from .request import weights_of
+    from .writing import output_path
 
     if isinstance(mapping, MergeRequest):
         return run_merge(mapping, progress)

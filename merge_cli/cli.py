@@ -165,9 +165,9 @@ def merge(
     """Merge the models of a mapping file into one verified model."""
 
     def job() -> dict[str, Any]:
-        from .model_io import output_path
         from .pipeline import merge as run_merge
         from .request import MergeRequest, weights_of
+        from .writing import output_path
 
         request = MergeRequest(
             _mapping_file(map_file), output_path(out), tuple(models or ()), combiner=combiner,

@@ -19,18 +19,7 @@ from .convert import Target, capped_ir, common_target, convert_part, ir_raised, 
 from .errors import ExitCode, MergeError, bad_input
 from .heads import align_heads
 from .mapping import FeatureMapping, apply_overrides, load_mapping
-from .model_io import (
-    LoadedModel,
-    check_model,
-    check_output_path,
-    commit,
-    hash_in_background,
-    load_model,
-    needs_external_data,
-    sha256_file,
-    staging_dir,
-    write_model,
-)
+from .model_io import LoadedModel, check_model, hash_in_background, load_model, sha256_file
 from .parts import Part, check_batches, read_part
 from .prepare import data_defaults, fit_combiner, part_rows, prepare_combiner, score_rows
 from .provenance import provenance, provenance_bytes, set_provenance
@@ -41,6 +30,7 @@ from .splice import merged_model, prefixed
 from .trees import legacy_tree_ensembles
 from .verification import check_typed_support, fitted_tolerances, rows_to_verify
 from .wire import payload_bytes
+from .writing import check_output_path, commit, needs_external_data, staging_dir, write_model
 
 if TYPE_CHECKING:
     import numpy as np

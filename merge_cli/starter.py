@@ -21,10 +21,10 @@ from .errors import bad_input, cannot_write, incompatible
 from .graphs import DOUBLE, ROUTABLE_TYPES, SCORE_TYPES, shape_text
 from .inspection import ModelInfo, describe, input_width, model_name
 from .mapping import COMBINER_KINDS, parse_mapping
-from .model_io import check_output_path, make_folders
 from .naming import unique_name
 from .splice import match_routes
 from .starter_inputs import StarterInputs, lay_out, typed_port
+from .writing import check_output_path, make_folders
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -22,7 +22,7 @@ from conftest import make_mlp, rows, run_model
 from onnx import TensorProto, helper, numpy_helper
 
 import merge_cli
-from merge_cli import model_io, wire
+from merge_cli import model_io, wire, writing
 from merge_cli.errors import ExitCode, MergeError
 from merge_cli.model_io import check_model, load_model
 
@@ -208,11 +208,11 @@ def test_outputs_over_2_gb_switch_to_external_data_on_their_own(cli, tmp_path: P
     assert not (tmp_path / "single.onnx.data").exists()
 
     # the size estimate (skeleton + payloads) is a little above the file's size: 4 KiB over it stays one file
-    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", model_io.EXTERNAL_MARGIN + size + 4096)
+    monkeypatch.setattr(writing, "PROTOBUF_LIMIT", writing.EXTERNAL_MARGIN + size + 4096)
     assert cli("merge", "--map", tmp_path / "map.toml", "--out", tmp_path / "still.onnx").code == 0
     assert not (tmp_path / "still.onnx.data").exists()
 
-    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", model_io.EXTERNAL_MARGIN + size - 1)  # just under: split
+    monkeypatch.setattr(writing, "PROTOBUF_LIMIT", writing.EXTERNAL_MARGIN + size - 1)  # just under: split
     out = tmp_path / "merged.onnx"
     result = cli("merge", "--map", tmp_path / "map.toml", "--out", out, "--json")
     assert result.code == 0, result.stderr
@@ -257,7 +257,7 @@ def test_an_output_data_file_that_is_a_directory_stops_the_commit_before_anythin
     (tmp_path / "m.onnx").write_bytes(b"old")
     (tmp_path / "m.onnx.data").mkdir()
     with pytest.raises(MergeError, match="is a directory") as e:
-        model_io.commit([staged / "m.onnx", staged / "m.onnx.data"], tmp_path / "m.onnx")
+        writing.commit([staged / "m.onnx", staged / "m.onnx.data"], tmp_path / "m.onnx")
     assert e.value.code == ExitCode.CANNOT_WRITE
     assert (tmp_path / "m.onnx").read_bytes() == b"old"
     assert sorted(p.name for p in staged.iterdir()) == ["m.onnx", "m.onnx.data"]

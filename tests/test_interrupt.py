@@ -16,8 +16,8 @@ import pytest
 from bad_inputs import make_mlp, make_regressor, mapping_doc, save, write_doc
 
 from merge_cli.errors import ExitCode
-from merge_cli.model_io import staging_dir
 from merge_cli.process import interrupts_deferred
+from merge_cli.writing import staging_dir
 
 EXE = Path(sys.executable).with_name("merge-models")
 
