@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from .combiners import reference
 from .combining import Head, Prepared
+from .comparison import VerifyReport, verify
 from .convert import Target, capped_ir, common_target, convert_part, ir_raised, needs_legacy_trees
 from .errors import ExitCode, MergeError, bad_input
 from .heads import align_heads
@@ -25,7 +26,7 @@ from .prepare import data_defaults, fit_combiner, part_rows, prepare_combiner, s
 from .provenance import provenance, provenance_bytes, set_provenance
 from .request import MergeRequest
 from .result import MergeResult, ModelReport, input_entry, output_entry
-from .runtime import VerifyReport, observe_outputs, rows_for_width, verify
+from .runtime import observe_outputs, rows_for_width
 from .splice import merged_model, prefixed
 from .trees import legacy_tree_ensembles
 from .verification import check_typed_support, fitted_tolerances, rows_to_verify

@@ -21,7 +21,7 @@ from .scores import Predictions, ScoreTable, class_indices, score_table
 from .user_graph import read_user_graph
 
 if TYPE_CHECKING:
-    from .runtime import Outputs
+    from .comparison import Outputs
 from .stacking import StackModel, fit_stack
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .comparison import VerifyReport
 from .errors import ExitCode, MergeError, bad_input, usage
 from .graphs import default_opset
 from .mapping import FeatureMapping
@@ -22,7 +23,6 @@ from .model_io import hash_in_background, load_model, sha256_file
 from .pipeline import Built, Stopwatch, build, verify_built
 from .provenance import VERSION_KEY, check_inside, recorded_mapping, recorded_sources
 from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, MergeRequest
-from .runtime import VerifyReport
 
 
 @dataclass(frozen=True)

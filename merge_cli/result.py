@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from onnx import ValueInfoProto
 
+    from .comparison import VerifyReport
     from .convert import Target
     from .mapping import FeatureMapping
     from .parts import Part
-    from .runtime import VerifyReport
     from .scores import ScoreTable
 
 
