@@ -17,7 +17,6 @@ from .combining import (
     Head,
     Prepared,
     Source,
-    _show,
     cast,
     check_same_classes,
     check_same_shapes,
@@ -26,6 +25,7 @@ from .combining import (
     classifier_heads,
     classifier_result,
     emit_classifier_outputs,
+    head_shape_text,
     mean,
     normalized_weights,
     promoted_type,
@@ -99,7 +99,7 @@ def build_concat(heads: list[Head], b: Builder, source: Source) -> None:
     ranks = {len(h.shape) for h in heads if h.shape is not None}
     if len(ranks) > 1:
         raise incompatible(source, "concat needs outputs of one rank: "
-                           + ", ".join(f"{h.model} gives {_show(h.shape)}" for h in heads))
+                           + ", ".join(f"{h.model} gives {head_shape_text(h.shape)}" for h in heads))
     xs = [cast(b, h.tensor, h.elem_type, dtype, h.model) for h in heads]
     if ranks == {1}:
         xs = [b.unsqueeze(x, [1], f"{h.model}.column") for x, h in zip(xs, heads, strict=True)]
@@ -204,7 +204,7 @@ def stack_task(heads: list[Head], source: Source) -> tuple[str, int]:
         return task, len(check_same_classes(heads, source))
     shape = check_same_shapes(heads, source)
     if shape is not None and len(shape) > 1 and (len(shape) > 2 or shape[1] != 1):
-        raise incompatible(source, f"stack fits one value per row, and the regressors give {_show(shape)}",
+        raise incompatible(source, f"stack fits one value per row, and the regressors give {head_shape_text(shape)}",
                            'use kind = "mean" for multi-output regressors')
     return task, 1
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .builder import Builder
 from .errors import incompatible
-from .graphs import DOUBLE, FLOAT, INT64, NUMPY_OF_TYPE, STRING, Classes, Shape
+from .graphs import DOUBLE, FLOAT, INT64, NUMPY_OF_TYPE, STRING, Classes, Shape, shape_text
 from .parts import Part
 from .stacking import StackModel
 
@@ -90,8 +90,8 @@ def check_same_shapes(heads: list[Head], source: Source) -> Shape:
         if len(shape) != len(h.shape) or any(
             isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(shape[1:], h.shape[1:], strict=True)
         ):
-            raise incompatible(source, f"outputs have different shapes: {first.model} gives {_show(first.shape)}, "
-                               f"{h.model} gives {_show(h.shape)}",
+            raise incompatible(source, f"outputs have different shapes: {first.model} gives {head_shape_text(first.shape)}, "
+                               f"{h.model} gives {head_shape_text(h.shape)}",
                                "choose outputs of one shape (output = ...) or use kind = \"concat\"")
         shape = tuple(a if isinstance(a, int) else b for a, b in zip(shape, h.shape, strict=True))
     return shape
@@ -108,11 +108,11 @@ def check_same_classes(heads: list[Head], source: Source) -> tuple[int, ...] | t
     return first.classes
 
 
-def _show(shape: Shape) -> str:
-    if shape is None:
-        return "[?]"
-    return "[" + ", ".join("N" if i == 0 and not isinstance(d, int) else str(d) if d is not None else "?"
-                           for i, d in enumerate(shape)) + "]"
+def head_shape_text(shape: Shape) -> str:
+    """A head's shape in messages: its batch dimension reads `N` unless the model fixes it."""
+    if not shape:
+        return shape_text(shape)
+    return shape_text(("N" if not isinstance(shape[0], int) else shape[0], *shape[1:]))
 
 
 def task_of(heads: list[Head], kind: str, source: Source) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ExitCode, MergeError, bad_input, first_line
-from .graphs import NUMPY_OF_TYPE, all_nodes, elem_type_of, shape_text
+from .graphs import DTYPE_OF_INPUT_TYPE, NUMPY_OF_TYPE, all_nodes, elem_type_of, shape_text
 from .parts import PROBE_ROWS, Observed, Part
 
 if TYPE_CHECKING:
@@ -319,8 +319,7 @@ def probe_rows(part: Part, n: int) -> np.ndarray:
     arrays: dict[str, np.ndarray] = {}
     for info, r in bound_routes(part):
         dims = [1 if not isinstance(d, int) else d for d in (info.shape or [None, 1])[1:]]
-        dtype = {1: "float32", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 8: "string"}.get(info.elem_type,
-                                                                                                  "float32")
+        dtype = DTYPE_OF_INPUT_TYPE.get(info.elem_type, "float32")
         values = column_values(rng, n * int(np.prod(dims)), dtype, found.get(info.name, NONE)).reshape(n, *dims)
         if r.whole is not None:
             arrays[r.whole] = values

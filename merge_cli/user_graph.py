@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .builder import Builder
-from .combining import Head, UserGraph, _show, cast
+from .combining import Head, UserGraph, cast, head_shape_text
 from .errors import bad_input, incompatible
 from .graphs import NUMPY_OF_TYPE, Shape, TensorInfo, default_opset, fed_inputs, graph_names, tensor_info
 from .mapping import FeatureMapping, ModelSpec
@@ -79,7 +79,7 @@ def build_onnx(user: UserGraph | None, heads: list[Head], b: Builder) -> None:
 def check_input_rank(info: TensorInfo, shape: Shape, path: Path, model: str) -> None:
     if info.shape is not None and shape is not None and len(info.shape) != len(shape):
         raise incompatible(path, f"the combiner's input {model!r} has rank {len(info.shape)}, "
-                           f"but {model} gives {_show(shape)}", "declare the input with the model's output shape")
+                           f"but {model} gives {head_shape_text(shape)}", "declare the input with the model's output shape")
 
 
 def reference_onnx(user: UserGraph | None, heads: list[Head], arrays: list[np.ndarray],
