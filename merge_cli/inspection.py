@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ExitCode, MergeError
-from .graphs import TensorInfo, fed_inputs, tensor_info
+from .graphs import TensorInfo, fed_inputs, is_default_domain, tensor_info
 from .mapping import MODEL_NAME, ModelSpec, Route
 from .model_io import LoadedModel, load_model
 from .parts import Part, read_part
@@ -147,7 +147,7 @@ def _raw_info(loaded: LoadedModel, name: str) -> ModelInfo:
     model, graph = loaded.proto, loaded.proto.graph
     opsets: dict[str, int] = {}
     for entry in model.opset_import:  # the same opset may be listed twice; keep the highest
-        domain = "" if entry.domain == "ai.onnx" else entry.domain
+        domain = "" if is_default_domain(entry.domain) else entry.domain
         opsets[domain] = max(opsets.get(domain, 0), entry.version)
     ops = Counter(node.op_type for node in graph.node)
     return ModelInfo(

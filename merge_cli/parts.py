@@ -424,7 +424,7 @@ def classes_from_label(model: ModelProto, label: str) -> Classes | None:
     producer = {o: n for n in graph.node for o in n.output}
     constants: dict[str, TensorProto] = {t.name: t for t in graph.initializer}
     for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Constant" and is_default_domain(node.domain):
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             if value is not None:
                 constants[node.output[0]] = value

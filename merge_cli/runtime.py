@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ExitCode, MergeError, bad_input, first_line
-from .graphs import DTYPE_OF_INPUT_TYPE, NUMPY_OF_TYPE, all_nodes, elem_type_of, shape_text
+from .graphs import DTYPE_OF_INPUT_TYPE, NUMPY_OF_TYPE, all_nodes, elem_type_of, is_default_domain, shape_text
 from .parts import PROBE_ROWS, Observed, Part
 
 if TYPE_CHECKING:
@@ -401,7 +401,7 @@ def shapes_are_inferred(part: Part) -> bool:
     """Only default-domain ops (ONNX shape inference is exact for them), no local functions, and every
     output with a known element type and every dimension after the batch axis known."""
     model = part.model
-    if model.functions or not {n.domain for n in all_nodes(model.graph)} <= {"", "ai.onnx"}:
+    if model.functions or not all(is_default_domain(n.domain) for n in all_nodes(model.graph)):
         return False
     return all(o.elem_type and o.shape is not None and all(isinstance(d, int) for d in o.shape[1:])
                for o in part.outputs)
