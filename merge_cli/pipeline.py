@@ -71,7 +71,9 @@ def merge(request: MergeRequest, progress: Progress | None = None) -> MergeResul
         check_typed_support(mapping)
     hashes = hash_in_background([m.path for m in mapping.models])  # read once the weights are copied
     built = build(request, mapping, step)
-    check_output_path(out, input_files(mapping, request) + [f for lm in built.loaded for f in lm.data_files])
+    data_files = [f for lm in built.loaded for f in lm.data_files]
+    hashes |= hash_in_background(data_files)  # the weights' .data files, known once loaded, hashed meanwhile too
+    check_output_path(out, input_files(mapping, request) + data_files)
     check_model(built.model, out, full=True)
     size = built.model.ByteSize() + provenance_bytes(mapping, built.parts, out) + payload_bytes(built.model)
     external = request.external_data or needs_external_data(size)
@@ -213,7 +215,7 @@ def input_files(mapping: FeatureMapping, request: MergeRequest) -> list[Path]:
 
 def _digest(hashes: dict[Path, Future[str]], path: Path) -> str:
     try:
-        return hashes[path].result() if path in hashes else sha256_file(path)  # external data: hashed now
+        return hashes[path].result() if path in hashes else sha256_file(path)
     except OSError as e:
         raise bad_input(path, f"cannot read: {e.strerror or e}") from None
 
