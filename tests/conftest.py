@@ -185,3 +185,18 @@ def rows(n: int, width: int, seed: int = 1, dtype: Any = np.float32) -> np.ndarr
 def assert_no_leftovers(directory: Path, expected: set[str]) -> None:
     """Only the expected files are in `directory`: no temporary or partial outputs."""
     assert {p.name for p in directory.iterdir()} == expected
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Path:
+    """A merge that takes a while with 400,000 rows (an MLP and a regressor), for the signal and
+    interrupt tests; $TMPDIR is tmp_path/tmp."""
+    from bad_inputs import make_regressor, mapping_doc, save  # bad_inputs imports this module
+
+    d = tmp_path / "job"
+    d.mkdir()
+    save(make_mlp(), d / "a.onnx")
+    save(make_regressor(weight=-1.0), d / "b.onnx")
+    write_mapping(d / "map.toml", mapping_doc())
+    (tmp_path / "tmp").mkdir()
+    return d

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from bad_inputs import external_mlp, make_regressor, mapping_doc, save, two_regressors, with_a, write_doc
-from conftest import make_mlp, rows, run_model, write_mapping
+from bad_inputs import external_mlp, make_regressor, mapping_doc, save, two_regressors, with_a
+from conftest import rows, run_model, write_mapping
 from hostile_inputs import ml5_tree
 from test_interrupt import EXE, start, wait_for
 
@@ -80,18 +80,6 @@ def test_merge_summary_escapes_column_names(tmp_path: Path, capfd: pytest.Captur
     captured = capfd.readouterr()
     assert "\x1b" not in captured.out + captured.err
     assert "A\\x1b[2J" in captured.out
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> Path:
-    """A merge that takes a while with 400,000 rows: an MLP and a regressor; $TMPDIR is tmp_path/tmp."""
-    d = tmp_path / "job"
-    d.mkdir()
-    save(make_mlp(), d / "a.onnx")
-    save(make_regressor(weight=-1.0), d / "b.onnx")
-    write_doc(d / "map.toml", mapping_doc())
-    (tmp_path / "tmp").mkdir()
-    return d
 
 
 @pytest.mark.parametrize(("signum", "code", "line"), [(signal.SIGTERM, 143, "error: terminated (SIGTERM)\n"),

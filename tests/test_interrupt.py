@@ -13,7 +13,6 @@ from typing import Any
 
 import onnx
 import pytest
-from bad_inputs import make_mlp, make_regressor, mapping_doc, save, write_doc
 
 from merge_cli.errors import ExitCode
 from merge_cli.process import interrupts_deferred
@@ -34,17 +33,6 @@ def wait_for(condition: object, proc: subprocess.Popen[str], what: str) -> None:
         assert proc.poll() is None, f"the merge ended before {what}: {proc.communicate()}"
         assert time.monotonic() < deadline, f"gave up waiting for {what}"
         time.sleep(0.002)
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> Path:
-    d = tmp_path / "job"
-    d.mkdir()
-    save(make_mlp(), d / "a.onnx")
-    save(make_regressor(weight=-1.0), d / "b.onnx")
-    write_doc(d / "map.toml", mapping_doc())
-    (tmp_path / "tmp").mkdir()
-    return d
 
 
 def test_ctrl_c_while_verifying_exits_130_and_leaves_nothing(job: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import rows, save_text_model
+from conftest import REDUCESUM_11, rows, save_text_model
 
 from merge_cli.combiners import build_combiner, reference
 from merge_cli.combining import Head, Prepared
@@ -22,15 +22,6 @@ from merge_cli.model_io import load_model
 from merge_cli.parts import Part, read_part
 from merge_cli.request import MergeRequest, weights_of
 from merge_cli.splice import merged_model, prefixed, splice
-
-SUM_11 = """
-<ir_version: 6, opset_import: ["" : 11]>
-g (float[N,3] x) => (float[N,1] y)
-{
-  sq = Mul(x, x)
-  y = ReduceSum<axes=[1], keepdims=1>(sq)
-}
-"""
 
 LINEAR_13 = """
 <ir_version: 7, opset_import: ["" : 13]>
@@ -78,7 +69,7 @@ def read_all(mapping: object) -> list[Part]:
 
 
 def test_read_part_leaves_the_loaded_model_as_read(tmp_path: Path) -> None:
-    mapping = mapping_of(tmp_path, {"sq": (SUM_11, ["a", "b", "c"])}, ["a", "b", "c"])
+    mapping = mapping_of(tmp_path, {"sq": (REDUCESUM_11, ["a", "b", "c"])}, ["a", "b", "c"])
     spec = mapping.models[0]  # type: ignore[attr-defined]
     loaded = load_model(spec.path)
     before = loaded.proto.SerializeToString()
@@ -91,7 +82,7 @@ def test_read_part_leaves_the_loaded_model_as_read(tmp_path: Path) -> None:
 
 
 def test_convert_part_returns_a_new_part_at_the_target(tmp_path: Path) -> None:
-    (part,) = read_all(mapping_of(tmp_path, {"sq": (SUM_11, ["a", "b", "c"])}, ["a", "b", "c"]))
+    (part,) = read_all(mapping_of(tmp_path, {"sq": (REDUCESUM_11, ["a", "b", "c"])}, ["a", "b", "c"]))
     target = common_target([part], 13)
     assert target == Target(opsets={"": 13}, ir_version=7)
     converted = convert_part(part, target)
@@ -126,7 +117,7 @@ def test_prefixed_renames_every_tensor_and_leaves_the_input_part_alone(tmp_path:
 
 
 def test_splice_routes_columns_and_the_mean_combiner_matches_its_reference(tmp_path: Path) -> None:
-    mapping = mapping_of(tmp_path, {"lin": (LINEAR_13, ["c", "a"]), "sq": (SUM_11, ["b", "c", "a"])}, ["a", "b", "c"])
+    mapping = mapping_of(tmp_path, {"lin": (LINEAR_13, ["c", "a"]), "sq": (REDUCESUM_11, ["b", "c", "a"])}, ["a", "b", "c"])
     parts = read_all(mapping)
     target = common_target(parts, None)
     parts = [prefixed(convert_part(p, target)) for p in parts]
