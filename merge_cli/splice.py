@@ -29,6 +29,7 @@ from .inputs import MergedInputs, TableInput, TensorInput, family
 from .mapping import FeatureMapping, Route
 from .naming import unique_name
 from .parts import Part
+from .split_routes import Segment, SplitCandidate, split_routes
 
 if TYPE_CHECKING:
     from onnx import FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto
@@ -123,8 +124,8 @@ def _prefix_graph(graph: GraphProto, p: str, renamed: dict[tuple[str, str], str]
 
 
 def splice(parts: list[Part], mapping: FeatureMapping) -> Spliced:
-    """The merged inputs -> per model input its columns (Slice or Gather, see route) [-> Cast], or a whole
-    tensor [-> Cast] -> each prefixed graph."""
+    """The merged inputs -> per model input its columns (Slice or Gather, see route; many runs of one table:
+    one Split, see split_routes) [-> Cast], or a whole tensor [-> Cast] -> each prefixed graph."""
     from onnx import helper
 
     # A part with a fixed batch size fixes the merged model's too (check_batches warned about it).
@@ -136,12 +137,15 @@ def splice(parts: list[Part], mapping: FeatureMapping) -> Spliced:
     opset = next((e.version for p in parts for e in p.model.opset_import if is_default_domain(e.domain)), 1)
     for part in parts:
         out.names.update(graph_names(part.model.graph))
+    for part, info, r in bound:  # every route checked before any is built: the first bad one is the error
+        (check_whole if r.whole is not None else check_columns)(part, info, r, mapping)
+    fed = split_routes(out, [c for part, info, r in bound if (c := split_candidate(part, info, r, mapping))], opset)
     for part in parts:
         for info, r in bound_routes(part):
             target = f"{part.name}/{info.name}"
             if r.whole is not None:
                 feed_whole(out, part, info, r.whole, target, mapping)
-            else:
+            elif target not in fed:
                 feed_columns(out, part, info, r, target, mapping, opset)
         prefix = f"{part.name}/"
         graph = part.model.graph
@@ -169,12 +173,9 @@ def _type_name(elem_type: int) -> str:
     return str(TensorProto.DataType.Name(elem_type)).lower()
 
 
-def feed_columns(out: Spliced, part: Part, info: TensorInfo, r: Route, target: str, mapping: FeatureMapping,
-                 opset: int) -> None:
-    """A model input fed columns: per table a Slice or Gather of its columns, a Cast to the input's type,
-    and a Concat when they come from several tables."""
-    from onnx import helper
-
+def check_columns(part: Part, info: TensorInfo, r: Route, mapping: FeatureMapping) -> None:
+    """The columns bound to a model input fit it: string columns for strings only, numbers for numbers, and
+    as many as an [N, k] input takes (one for an [N] input)."""
     inputs, key, path = mapping.inputs, _key(part, info, r), part.source.path
     kinds = {family(inputs.dtype_of(c)) for c in r.columns}
     if info.elem_type == STRING and kinds != {"string"}:
@@ -200,6 +201,28 @@ def feed_columns(out: Spliced, part: Part, info: TensorInfo, r: Route, target: s
         raise incompatible(mapping.source, f"models.{part.name}: input {info.name!r} takes "
                            f"{info.shape[1]} columns but {len(r.columns)} are mapped",  # type: ignore[index]
                            f"map exactly {info.shape[1]} columns to it")  # type: ignore[index]
+
+
+def split_candidate(part: Part, info: TensorInfo, r: Route, mapping: FeatureMapping) -> SplitCandidate | None:
+    """The route as a segment a Split can feed (consecutive columns of one table into an [N, k] input), or None."""
+    if r.whole is not None or info.rank == 1:
+        return None
+    pieces = _by_table(mapping.inputs, r.columns)
+    if len(pieces) != 1:
+        return None
+    table, columns = pieces[0]
+    if list(columns) != list(range(columns[0], columns[0] + len(columns))):
+        return None
+    return SplitCandidate(table, info.elem_type, Segment(columns[0], columns[-1] + 1, f"{part.name}/{info.name}"))
+
+
+def feed_columns(out: Spliced, part: Part, info: TensorInfo, r: Route, target: str, mapping: FeatureMapping,
+                 opset: int) -> None:
+    """A model input fed columns (check_columns passed): per table a Slice or Gather of its columns, a Cast to
+    the input's type, and a Concat when they come from several tables."""
+    from onnx import helper
+
+    inputs, scalar = mapping.inputs, info.rank == 1
     base = f"{part.name}.{info.name}"
     pieces = _by_table(inputs, r.columns)
     results = []
@@ -231,19 +254,26 @@ def _by_table(inputs: MergedInputs, columns: tuple[int, ...]) -> list[tuple[Tabl
     return [(t, tuple(ix)) for t, ix in pieces]
 
 
+def check_whole(part: Part, info: TensorInfo, r: Route, mapping: FeatureMapping) -> None:
+    """A whole merged tensor fits the model input it is bound to: strings feed strings only."""
+    item = mapping.inputs.named(r.whole or "")
+    assert item is not None
+    key, have = _key(part, info, Route(None, (), item.name)), INPUT_TYPE_OF_DTYPE[item.dtype]
+    if info.elem_type != have and STRING in (info.elem_type, have):
+        raise incompatible(mapping.source, f"{key}: input {item.name!r} is {item.dtype} but input {info.name!r} of "
+                           f"{part.source.path.name} is {_type_name(info.elem_type)}",
+                           "strings feed string inputs only: bind another input, or change the dtype of "
+                           f"inputs.{item.name}")
+
+
 def feed_whole(out: Spliced, part: Part, info: TensorInfo, name: str, target: str, mapping: FeatureMapping) -> None:
-    """A model input bound to a whole merged tensor: the same type passes as it is, numbers are cast."""
+    """A model input bound to a whole merged tensor (check_whole passed): the same type passes as it is,
+    numbers are cast."""
     from onnx import helper
 
     item = mapping.inputs.named(name)
     assert item is not None
-    key, have = _key(part, info, Route(None, (), name)), INPUT_TYPE_OF_DTYPE[item.dtype]
-    if info.elem_type != have and STRING in (info.elem_type, have):
-        raise incompatible(mapping.source, f"{key}: input {name!r} is {item.dtype} but input {info.name!r} of "
-                           f"{part.source.path.name} is {_type_name(info.elem_type)}",
-                           "strings feed string inputs only: bind another input, or change the dtype of "
-                           f"inputs.{name}")
-    if info.elem_type == have:
+    if info.elem_type == INPUT_TYPE_OF_DTYPE[item.dtype]:
         out.nodes.append(helper.make_node("Identity", [name], [target], name=out.fresh(f"route.{part.name}.{info.name}")))
     else:
         out.nodes.append(helper.make_node("Cast", [name], [target], to=info.elem_type,

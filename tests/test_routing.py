@@ -1,8 +1,8 @@
 """Routing: each model gets exactly its columns of the shared input, whichever nodes do it.
 
-A run of consecutive columns is a Slice, any other set is gathered from the transposed input, and
-one column for an [N] input is a Gather; the values must be the columns themselves, bit for bit
-(NaN and infinities included), at every opset the merge can target.
+A run of consecutive columns is a Slice (many runs of one table: one Split), any other set is
+gathered from the transposed input, and one column for an [N] input is a Gather; the values must be
+the columns themselves, bit for bit (NaN and infinities included), at every opset the merge can target.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import onnx
 import pytest
 from conftest import run_model, write_mapping
 from onnx import TensorProto, helper
+
+from merge_cli.split_routes import MANY_ROUTES, Segment, layers, worth_a_split
 
 WIDTH = 7
 
@@ -81,3 +83,94 @@ def test_one_column_for_a_rank_1_input_and_a_cast(cli, tmp_path: Path) -> None:
     got = run_model(out, {"features": x})
     np.testing.assert_array_equal(got["a/y"], x[:, [4]].astype(np.float64))
     np.testing.assert_array_equal(got["b/y"], x[:, [4, 6]])
+
+
+# ---------------------------------------------------------------------------- many routes: one Split
+
+
+def one_column_inputs(path: Path, k: int, opset: int, elem_type: int = TensorProto.FLOAT) -> None:
+    """k inputs x0..x{k-1}, each [N, 1], as some converters and hand-built models have them; y = their
+    Concat (as float32, so that every part can share one combiner)."""
+    nodes = [helper.make_node("Concat", [f"x{i}" for i in range(k)], ["all"], axis=1)]
+    if elem_type == TensorProto.STRING:  # y = (x == "b"): the strings themselves reach the output as 0/1
+        nodes += [helper.make_node("Equal", ["all", "b"], ["is_b"]),
+                  helper.make_node("Cast", ["is_b"], ["y"], to=TensorProto.FLOAT)]
+    else:
+        nodes.append(helper.make_node("Cast", ["all"], ["y"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(nodes, "columns", [helper.make_tensor_value_info(f"x{i}", elem_type, ["N", 1])
+                                                 for i in range(k)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", k])],
+                              initializer=[helper.make_tensor("b", TensorProto.STRING, [], [b"b"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7), path)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])  # the sizes an attribute, an input; Split-18's num_outputs
+def test_many_one_column_routes_are_one_split_per_layer(cli, tmp_path: Path, opset: int) -> None:
+    k = MANY_ROUTES + 8
+    width = k + 4  # 4 columns nobody reads, between and after the read ones
+    unread = {3, 17, width - 2, width - 1}
+    read = [c for c in range(width) if c not in unread]
+    shuffled = [read[(7 * i) % k] for i in range(k)]  # x_i takes a column far from c_i
+    for name, elem_type in [("a", TensorProto.FLOAT), ("b", TensorProto.FLOAT), ("c", TensorProto.DOUBLE)]:
+        one_column_inputs(tmp_path / f"{name}.onnx", k, opset, elem_type)
+    mapping = write_mapping(tmp_path / "map.json", {
+        "input": {"columns": [f"c{i}" for i in range(width)]},
+        "models": {
+            "a": {"path": "a.onnx", "inputs": {f"x{i}": [shuffled[i]] for i in range(k)}},
+            "b": {"path": "b.onnx", "inputs": {f"x{i}": [read[i]] for i in range(k)}},  # the same columns again
+            "c": {"path": "c.onnx", "inputs": {f"x{i}": [read[i]] for i in range(k)}},  # as float64
+        },
+        "combiner": {"kind": "concat"},
+    })
+    out = tmp_path / "merged.onnx"
+    result = cli("merge", "--map", mapping, "--out", out, "--json")
+    assert result.code == 0, result.stderr
+    graph = onnx.load(out).graph
+    readers = sorted(n.op_type for n in graph.node if "features" in n.input)
+    assert readers == ["Cast", "Split", "Split"]  # a and b overlap: two layers; c's float64 columns cast once
+    cast = next(n.output[0] for n in graph.node if n.op_type == "Cast" and "features" in n.input)
+    assert [n.op_type for n in graph.node if cast in n.input] == ["Split"]
+    assert not [n for n in graph.node if n.op_type in ("Slice", "Gather", "Transpose")]
+    for n in (1, 5, 300):
+        x = np.random.default_rng(n).standard_normal((n, width)).astype(np.float32)
+        x[0, :4] = [np.nan, np.inf, -np.inf, -0.0]
+        got = run_model(out, {"features": x})["prediction"]
+        want = np.concatenate([x[:, shuffled], x[:, read], x[:, read]], axis=1)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_many_small_routes_and_string_columns_split_too(cli, tmp_path: Path) -> None:
+    k = MANY_ROUTES
+    one_column_inputs(tmp_path / "s.onnx", k, 19, TensorProto.STRING)  # Equal takes strings from opset 19
+    pairs = [f"x{i}" for i in range(k)]  # p: k inputs of two consecutive columns each
+    graph = helper.make_graph([helper.make_node("Concat", pairs, ["y"], axis=1)], "pairs",
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 2]) for x in pairs],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2 * k])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=7), tmp_path / "p.onnx")
+    mapping = write_mapping(tmp_path / "map.json", {
+        "inputs": {"numbers": {"columns": [f"n{i}" for i in range(2 * k)]},
+                   "labels": {"columns": [f"s{i}" for i in range(k)], "dtype": "string"}},
+        "models": {"p": {"path": "p.onnx", "inputs": {x: [f"n{2 * i}", f"n{2 * i + 1}"] for i, x in enumerate(pairs)}},
+                   "s": {"path": "s.onnx", "inputs": {f"x{i}": [f"s{k - 1 - i}"] for i in range(k)}}},
+        "combiner": {"kind": "concat"},
+    })
+    out = tmp_path / "merged.onnx"
+    result = cli("merge", "--map", mapping, "--out", out)
+    assert result.code == 0, result.stderr
+    graph = onnx.load(out).graph
+    assert sorted((n.op_type, n.input[0]) for n in graph.node if {"numbers", "labels"} & set(n.input)) == [
+        ("Split", "labels"), ("Split", "numbers")]
+    numbers = np.random.default_rng(0).standard_normal((9, 2 * k)).astype(np.float32)
+    labels = np.random.default_rng(1).choice(np.array(["a", "b", "", "b\x00"], dtype=object), (9, k))
+    got = run_model(out, {"numbers": numbers, "labels": labels})["prediction"]
+    want = np.concatenate([numbers, (labels[:, ::-1] == "b").astype(np.float32)], axis=1)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_layers_are_as_few_as_the_routes_overlap_and_a_split_needs_many_routes_reading_half() -> None:
+    a, b, c, d = Segment(0, 2, "a"), Segment(1, 3, "b"), Segment(2, 4, "c"), Segment(0, 1, "d")
+    assert layers([a, b, c, d]) == [[d, b], [a, c]]  # column 1 is read twice: two layers
+    many = [Segment(i, i + 1, f"x{i}") for i in range(MANY_ROUTES)]
+    assert worth_a_split(many, 2 * MANY_ROUTES)
+    assert not worth_a_split(many, 2 * MANY_ROUTES + 1)  # a Split would copy more unread columns than read
+    assert not worth_a_split(many[1:], MANY_ROUTES)  # a Slice each is as fast for a few
