@@ -4,8 +4,9 @@ in one run: the ratio of the times must stay well under 16, what a quadratic ste
 - unique_name: n nodes that all share one name (20,000 took 130 s when the suffix search restarted).
 - the ai.onnx.ml 5 tree rewrite of an n-node TreeEnsemble (`key in list`: 30,000 nodes took 87 s).
 - match_routes over n one-column model inputs (a set rebuilt per input: 10,000 took 44 s).
-- the whole merge of a model with n [N, 1] inputs, one column each, verified and not: onnxruntime pays
-  per node when it opens a session (a Slice per route: 20,000 inputs took 74 s, one Split: 7 s).
+- the whole merge of a model with n [N, 1] (or [N]) inputs, one column each, verified and not:
+  onnxruntime pays per node when it opens a session (a Slice per route: 20,000 inputs took 74 s; a
+  Gather per [N] input: 27 s; one Split: 7 s).
 """
 
 from __future__ import annotations
@@ -72,22 +73,25 @@ def routes(n: int, folder: Path) -> Callable[[], object]:
     return lambda: match_routes(part)  # type: ignore[arg-type]
 
 
-def one_column_inputs(n: int, folder: Path) -> Path:
-    """A model with n inputs x_i [N, 1] (y = their Concat) and a mapping giving x_i column c_i."""
+def one_column_inputs(n: int, folder: Path, rank: int = 2) -> Path:
+    """A model with n inputs x_i [N, 1] (y = their Concat), or [N] (y = their Sum), and a mapping giving
+    x_i column c_i."""
     import json
 
     import onnx
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Concat", [f"x{i}" for i in range(n)], ["y"], axis=1)], "columns",
-                              [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["N", 1]) for i in range(n)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n])])
+    xs = [f"x{i}" for i in range(n)]
+    node = helper.make_node("Concat", xs, ["y"], axis=1) if rank == 2 else helper.make_node("Sum", xs, ["y"])
+    graph = helper.make_graph([node], "columns",
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 1][:rank]) for x in xs],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n][:rank])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, folder / f"inputs{n}.onnx")
+    onnx.save(model, folder / f"inputs{n}_{rank}.onnx")
     doc = {"version": 1, "input": {"name": "features", "columns": [f"c{i}" for i in range(n)]},
-           "models": {"a": {"path": f"inputs{n}.onnx", "inputs": {f"x{i}": [f"c{i}"] for i in range(n)}}},
+           "models": {"a": {"path": f"inputs{n}_{rank}.onnx", "inputs": {f"x{i}": [f"c{i}"] for i in range(n)}}},
            "combiner": {"kind": "concat"}}
-    mapping = folder / f"inputs{n}.json"
+    mapping = folder / f"inputs{n}_{rank}.json"
     mapping.write_text(json.dumps(doc))
     return mapping
 
@@ -113,11 +117,12 @@ def main() -> list[Row]:
             rows.append(ratio_row("12 linear in model size", f"{what}: time at 4n / time at n", large / small, 8.0,
                                   detail=f"{small * 1000:.0f} ms -> {large * 1000:.0f} ms (linear 4x, quadratic 16x)"))
         n = 5_000
-        maps = {k: one_column_inputs(k, Path(folder)) for k in (n, 4 * n)}
-        for how, extra in [("verified", ()), ("--no-verify", ("--no-verify",))]:
-            note(f"timing a merge of a model with n = {n:,} and {4 * n:,} one-column inputs, {how}")
-            small, large = merge_inputs(maps[n], *extra), merge_inputs(maps[4 * n], *extra)
-            rows.append(ratio_row("12 linear in model size", f"merge, n one-column inputs, {how}: time at 4n / at n",
+        for rank, how, extra in [(2, "verified", ()), (2, "--no-verify", ("--no-verify",)), (1, "verified", ())]:
+            shape = "[N, 1]" if rank == 2 else "[N]"
+            note(f"timing a merge of a model with n = {n:,} and {4 * n:,} {shape} inputs, {how}")
+            small = merge_inputs(one_column_inputs(n, Path(folder), rank), *extra)
+            large = merge_inputs(one_column_inputs(4 * n, Path(folder), rank), *extra)
+            rows.append(ratio_row("12 linear in model size", f"merge, n {shape} inputs, {how}: time at 4n / at n",
                                   large / small, 8.0, detail=f"{small:.2f} s -> {large:.2f} s at {4 * n:,} inputs "
                                   "(start-up included)"))
     return rows

@@ -204,8 +204,9 @@ def check_columns(part: Part, info: TensorInfo, r: Route, mapping: FeatureMappin
 
 
 def split_candidate(part: Part, info: TensorInfo, r: Route, mapping: FeatureMapping) -> SplitCandidate | None:
-    """The route as a segment a Split can feed (consecutive columns of one table into an [N, k] input), or None."""
-    if r.whole is not None or info.rank == 1:
+    """The route as a segment a Split can feed (consecutive columns of one table into an [N, k] input, one column
+    into an [N] input), or None."""
+    if r.whole is not None:
         return None
     pieces = _by_table(mapping.inputs, r.columns)
     if len(pieces) != 1:
@@ -213,7 +214,8 @@ def split_candidate(part: Part, info: TensorInfo, r: Route, mapping: FeatureMapp
     table, columns = pieces[0]
     if list(columns) != list(range(columns[0], columns[0] + len(columns))):
         return None
-    return SplitCandidate(table, info.elem_type, Segment(columns[0], columns[-1] + 1, f"{part.name}/{info.name}"))
+    return SplitCandidate(table, info.elem_type, Segment(columns[0], columns[-1] + 1, f"{part.name}/{info.name}"),
+                          flat=info.rank == 1)
 
 
 def feed_columns(out: Spliced, part: Part, info: TensorInfo, r: Route, target: str, mapping: FeatureMapping,

@@ -4,7 +4,8 @@
 verifier's options), growing faster than linear; one Split with 10,000 outputs opens in 0.3 s and
 copies the same bytes per run. A Split cuts its input whole, so each Split takes a "layer" of routes
 whose columns are consecutive runs that do not overlap; the columns between them become outputs
-nobody reads.
+nobody reads. One column each for [N] inputs: the transposed table, flattened, cut in equal parts
+(10,000 Gathers: 5 s to open; Transpose, Reshape and Split: 0.3 s, and faster runs).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ class Segment:
 
 @dataclass(frozen=True)
 class SplitCandidate:
-    """A route of consecutive columns of one table into an [N, k] input of type `elem_type`."""
+    """A route of consecutive columns of one table into an [N, k] input of type `elem_type` (or of one
+    column into an [N] input: `flat`)."""
 
     table: TableInput
     elem_type: int
     segment: Segment
+    flat: bool = False
 
 
 def layers(segments: list[Segment]) -> list[list[Segment]]:
@@ -71,20 +74,26 @@ def worth_a_split(layer: list[Segment], width: int) -> bool:
 def split_routes(out: Spliced, candidates: list[SplitCandidate], opset: int) -> set[str]:
     """Add a Split per layer of many routes (a Cast first, once, where the table has another type);
     the targets they feed, which need no route of their own."""
-    groups: dict[tuple[str, int], list[SplitCandidate]] = {}
+    groups: dict[tuple[str, int, bool], list[SplitCandidate]] = {}
     for c in candidates:
-        groups.setdefault((c.table.name, c.elem_type), []).append(c)
+        groups.setdefault((c.table.name, c.elem_type, c.flat), []).append(c)
     fed: set[str] = set()
+    casts: dict[tuple[str, int], str] = {}
     for group in groups.values():
-        table, elem_type = group[0].table, group[0].elem_type
+        table, elem_type, flat = group[0].table, group[0].elem_type, group[0].flat
         chosen = [layer for layer in layers([c.segment for c in group]) if worth_a_split(layer, len(table.columns))]
-        if not chosen:
+        if not chosen or (flat and opset < 5):  # Reshape-1 (opset < 5) takes no shape input: Gathers then
             continue
         source = table.name
         if INPUT_TYPE_OF_DTYPE[table.dtype] != elem_type:
-            source = _cast(out, table.name, elem_type)
+            if (table.name, elem_type) not in casts:
+                casts[table.name, elem_type] = _cast(out, table.name, elem_type)
+            source = casts[table.name, elem_type]
         for layer in chosen:
-            _split(out, source, layer, len(table.columns), opset)
+            if flat:
+                _split_flat(out, source, layer, len(table.columns), opset)
+            else:
+                _split(out, source, layer, len(table.columns), opset)
             fed.update(s.target for s in layer)
     return fed
 
@@ -122,3 +131,24 @@ def _split(out: Spliced, source: str, layer: list[Segment], width: int, opset: i
         out.nodes.append(helper.make_node("Split", [source, split], outputs, axis=1, name=name))
     else:  # Split-1 .. Split-11 take the sizes as an attribute
         out.nodes.append(helper.make_node("Split", [source], outputs, axis=1, split=sizes, name=name))
+
+
+def _split_flat(out: Spliced, source: str, layer: list[Segment], width: int, opset: int) -> None:
+    """Each column of `source` [N, width] as an [N] tensor: the columns-first table (one Transpose, shared
+    with the routes that gather rows of it), flattened, in `width` equal parts; one output per column."""
+    from onnx import helper, numpy_helper
+
+    columns_first = out.columns_first.get(source)
+    if columns_first is None:
+        columns_first = out.columns_first[source] = out.fresh(f"{source}.columns_first")
+        out.nodes.append(helper.make_node("Transpose", [source], [columns_first], perm=[1, 0],
+                                          name=out.fresh(f"route.{source}.transpose")))
+    flat, shape = out.fresh(f"{source}.flat"), out.fresh(f"{source}.flat_shape")
+    out.initializers.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), shape))
+    out.nodes.append(helper.make_node("Reshape", [columns_first, shape], [flat], name=out.fresh(f"route.{source}.flat")))
+    targets = {s.start: s.target for s in layer}
+    outputs = [targets.get(c) or out.fresh(f"{source}.unread.{c}") for c in range(width)]
+    split = helper.make_node("Split", [flat], outputs, axis=0, name=out.fresh(f"route.{source}.split"))
+    if opset >= 18:  # Split-18 wants the count of equal parts said; before, equal parts are the default
+        split.attribute.append(helper.make_attribute("num_outputs", width))
+    out.nodes.append(split)

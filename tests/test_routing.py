@@ -88,19 +88,25 @@ def test_one_column_for_a_rank_1_input_and_a_cast(cli, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- many routes: one Split
 
 
-def one_column_inputs(path: Path, k: int, opset: int, elem_type: int = TensorProto.FLOAT) -> None:
-    """k inputs x0..x{k-1}, each [N, 1], as some converters and hand-built models have them; y = their
+def one_column_inputs(path: Path, k: int, opset: int, elem_type: int = TensorProto.FLOAT, rank: int = 2) -> None:
+    """k inputs x0..x{k-1}, each [N, 1] (or [N]), as some converters and hand-built models have them; y = their
     Concat (as float32, so that every part can share one combiner)."""
-    nodes = [helper.make_node("Concat", [f"x{i}" for i in range(k)], ["all"], axis=1)]
+    if rank == 2:
+        nodes = [helper.make_node("Concat", [f"x{i}" for i in range(k)], ["all"], axis=1)]
+    else:  # [k * N] -> [k, N] -> [N, k]
+        nodes = [helper.make_node("Concat", [f"x{i}" for i in range(k)], ["stacked"], axis=0),
+                 helper.make_node("Reshape", ["stacked", "k_by_n"], ["rows"]),
+                 helper.make_node("Transpose", ["rows"], ["all"], perm=[1, 0])]
     if elem_type == TensorProto.STRING:  # y = (x == "b"): the strings themselves reach the output as 0/1
         nodes += [helper.make_node("Equal", ["all", "b"], ["is_b"]),
                   helper.make_node("Cast", ["is_b"], ["y"], to=TensorProto.FLOAT)]
     else:
         nodes.append(helper.make_node("Cast", ["all"], ["y"], to=TensorProto.FLOAT))
-    graph = helper.make_graph(nodes, "columns", [helper.make_tensor_value_info(f"x{i}", elem_type, ["N", 1])
+    graph = helper.make_graph(nodes, "columns", [helper.make_tensor_value_info(f"x{i}", elem_type, ["N", 1][:rank])
                                                  for i in range(k)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", k])],
-                              initializer=[helper.make_tensor("b", TensorProto.STRING, [], [b"b"])])
+                              initializer=[helper.make_tensor("b", TensorProto.STRING, [], [b"b"]),
+                                           helper.make_tensor("k_by_n", TensorProto.INT64, [2], [k, -1])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=7), path)
 
 
@@ -113,12 +119,14 @@ def test_many_one_column_routes_are_one_split_per_layer(cli, tmp_path: Path, ops
     shuffled = [read[(7 * i) % k] for i in range(k)]  # x_i takes a column far from c_i
     for name, elem_type in [("a", TensorProto.FLOAT), ("b", TensorProto.FLOAT), ("c", TensorProto.DOUBLE)]:
         one_column_inputs(tmp_path / f"{name}.onnx", k, opset, elem_type)
+    one_column_inputs(tmp_path / "d.onnx", k, opset, rank=1)
     mapping = write_mapping(tmp_path / "map.json", {
         "input": {"columns": [f"c{i}" for i in range(width)]},
         "models": {
             "a": {"path": "a.onnx", "inputs": {f"x{i}": [shuffled[i]] for i in range(k)}},
             "b": {"path": "b.onnx", "inputs": {f"x{i}": [read[i]] for i in range(k)}},  # the same columns again
             "c": {"path": "c.onnx", "inputs": {f"x{i}": [read[i]] for i in range(k)}},  # as float64
+            "d": {"path": "d.onnx", "inputs": {f"x{i}": [shuffled[i]] for i in range(k)}},  # [N] inputs
         },
         "combiner": {"kind": "concat"},
     })
@@ -127,21 +135,24 @@ def test_many_one_column_routes_are_one_split_per_layer(cli, tmp_path: Path, ops
     assert result.code == 0, result.stderr
     graph = onnx.load(out).graph
     readers = sorted(n.op_type for n in graph.node if "features" in n.input)
-    assert readers == ["Cast", "Split", "Split"]  # a and b overlap: two layers; c's float64 columns cast once
+    # a and b overlap: two layers; c's float64 columns are cast once; d's [N] inputs: one flattened Transpose
+    assert readers == ["Cast", "Split", "Split", "Transpose"]
     cast = next(n.output[0] for n in graph.node if n.op_type == "Cast" and "features" in n.input)
     assert [n.op_type for n in graph.node if cast in n.input] == ["Split"]
-    assert not [n for n in graph.node if n.op_type in ("Slice", "Gather", "Transpose")]
+    assert sum(n.op_type == "Split" for n in graph.node) == 4
+    assert not [n for n in graph.node if n.op_type in ("Slice", "Gather")]
     for n in (1, 5, 300):
         x = np.random.default_rng(n).standard_normal((n, width)).astype(np.float32)
         x[0, :4] = [np.nan, np.inf, -np.inf, -0.0]
         got = run_model(out, {"features": x})["prediction"]
-        want = np.concatenate([x[:, shuffled], x[:, read], x[:, read]], axis=1)
+        want = np.concatenate([x[:, shuffled], x[:, read], x[:, read], x[:, shuffled]], axis=1)
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_many_small_routes_and_string_columns_split_too(cli, tmp_path: Path) -> None:
     k = MANY_ROUTES
     one_column_inputs(tmp_path / "s.onnx", k, 19, TensorProto.STRING)  # Equal takes strings from opset 19
+    one_column_inputs(tmp_path / "r.onnx", k, 19, TensorProto.STRING, rank=1)
     pairs = [f"x{i}" for i in range(k)]  # p: k inputs of two consecutive columns each
     graph = helper.make_graph([helper.make_node("Concat", pairs, ["y"], axis=1)], "pairs",
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 2]) for x in pairs],
@@ -151,7 +162,8 @@ def test_many_small_routes_and_string_columns_split_too(cli, tmp_path: Path) -> 
         "inputs": {"numbers": {"columns": [f"n{i}" for i in range(2 * k)]},
                    "labels": {"columns": [f"s{i}" for i in range(k)], "dtype": "string"}},
         "models": {"p": {"path": "p.onnx", "inputs": {x: [f"n{2 * i}", f"n{2 * i + 1}"] for i, x in enumerate(pairs)}},
-                   "s": {"path": "s.onnx", "inputs": {f"x{i}": [f"s{k - 1 - i}"] for i in range(k)}}},
+                   "s": {"path": "s.onnx", "inputs": {f"x{i}": [f"s{k - 1 - i}"] for i in range(k)}},
+                   "r": {"path": "r.onnx", "inputs": {f"x{i}": [f"s{i}"] for i in range(k)}}},
         "combiner": {"kind": "concat"},
     })
     out = tmp_path / "merged.onnx"
@@ -159,11 +171,11 @@ def test_many_small_routes_and_string_columns_split_too(cli, tmp_path: Path) -> 
     assert result.code == 0, result.stderr
     graph = onnx.load(out).graph
     assert sorted((n.op_type, n.input[0]) for n in graph.node if {"numbers", "labels"} & set(n.input)) == [
-        ("Split", "labels"), ("Split", "numbers")]
+        ("Split", "labels"), ("Split", "numbers"), ("Transpose", "labels")]
     numbers = np.random.default_rng(0).standard_normal((9, 2 * k)).astype(np.float32)
     labels = np.random.default_rng(1).choice(np.array(["a", "b", "", "b\x00"], dtype=object), (9, k))
     got = run_model(out, {"numbers": numbers, "labels": labels})["prediction"]
-    want = np.concatenate([numbers, (labels[:, ::-1] == "b").astype(np.float32)], axis=1)
+    want = np.concatenate([numbers, labels[:, ::-1] == "b", labels == "b"], axis=1).astype(np.float32)
     np.testing.assert_array_equal(got, want)
 
 
