@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from .draws import finite_records
+from .errors import MergeError
 from .parts import Part
-from .runtime import batch_size, in_chunks, run_merged, run_parts
+from .runtime import batch_size, early_merged_session, in_chunks, run_merged, run_parts
 
 
 @dataclass
@@ -167,36 +168,62 @@ def near_ties(probabilities: np.ndarray, atol: float, rtol: float) -> np.ndarray
 # ---------------------------------------------------------------------------- the whole check
 
 
+@dataclass(frozen=True)
+class PartRuns:
+    """Each ORIGINAL file run once on the verification rows: what the merged file is checked against.
+
+    Made apart from the merged file's run so that it can be made while the merged file is written."""
+
+    rows: np.ndarray  # the merged model's input rows (every batch, as one set)
+    outputs: tuple[dict[str, np.ndarray], ...]
+    fed_other_rows: bool  # the parts were fed other rows (gate fills NaN cells first)
+    seconds: float
+
+
+def run_references(parts: list[Part], batches: list[np.ndarray],
+                   part_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> PartRuns:
+    """Run each original file on every batch as one set of rows (in pieces where a part fixes its batch size).
+
+    `part_rows` turns the rows into what the parts are fed (gate fills NaN cells before the parts run).
+    Each session is closed before the next opens: only one part's weights are mapped at a time.
+    """
+    start = time.perf_counter()
+    rows = np.concatenate(batches) if len(batches) > 1 else batches[0]
+    outputs = run_parts(parts, part_rows(rows) if part_rows else rows)
+    return PartRuns(rows, tuple(outputs), part_rows is not None, time.perf_counter() - start)
+
+
 def verify(
     merged: Path,
     parts: list[Part],
     expected_of: Callable[[list[dict[str, np.ndarray]], np.ndarray], dict[str, np.ndarray]],
-    batches: list[np.ndarray],
+    references: Callable[[], PartRuns],
     atol: float,
     rtol: float,
-    part_rows: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> VerifyReport:
-    """Run each original file, then the merged file, on every batch; compare with `expected_of(part outputs)`.
+    """Run the merged file on the rows the parts ran on; compare with `expected_of(part outputs)`.
 
-    `part_rows` turns a batch into what the parts are fed (gate fills NaN cells before the parts run).
-    The batches are run as one set of rows, each model once (in pieces where a part fixes its batch
-    size). The parts run first - one that onnxruntime cannot load is a bad input, not a failed merge -
-    each session closed before the next opens, so the parts' weights and the merged file's are never
-    mapped at the same time.
+    `references()` gives the parts' runs (run_references, maybe still running on another thread: one
+    that onnxruntime cannot load is a bad input, not a failed merge). A merged file of light weights
+    opens meanwhile; a heavy one once the parts' sessions are closed (runtime.OPEN_EARLY_UP_TO).
+    The report's time is both runs'.
     """
     start = time.perf_counter()
-    rows = np.concatenate(batches) if len(batches) > 1 else batches[0]
+    early = early_merged_session(merged)
+    runs = references()
+    if isinstance(early, MergeError):
+        raise early
+    rows, part_outputs = runs.rows, list(runs.outputs)
     chunk = batch_size(parts)
-    part_outputs = run_parts(parts, part_rows(rows) if part_rows else rows)
 
     def expected_piece(index: np.ndarray) -> dict[str, np.ndarray]:
         pieces = [{k: v[index] if v.ndim and len(v) == len(rows) else v for k, v in o.items()} for o in part_outputs]
         return expected_of(pieces, rows[index])
 
     # the combiner's reference runs in the same pieces (a user's combiner graph may fix the batch too)
-    expected = in_chunks(expected_piece, np.arange(len(rows)), chunk) if chunk else expected_of(part_outputs, rows)
+    expected = in_chunks(expected_piece, np.arange(len(rows)), chunk)
     shape_problems: dict[str, str] = {}
-    got = run_merged(merged, rows, chunk, shape_problems)
+    got = run_merged(merged, rows, chunk, shape_problems, early)
     finite_rows = finite_records(rows)
     ties = near_ties(expected["probabilities"], atol, rtol) if "probabilities" in expected else None
     checks = []
@@ -208,5 +235,5 @@ def verify(
         if name in shape_problems and check.passed:
             check.passed, check.problem = False, shape_problems[name]
         checks.append(check)
-    runs = Outputs(rows, got, None if part_rows else tuple(part_outputs))
-    return VerifyReport(len(rows), atol, rtol, checks, time.perf_counter() - start, runs)
+    outputs = Outputs(rows, got, None if runs.fed_other_rows else runs.outputs)
+    return VerifyReport(len(rows), atol, rtol, checks, runs.seconds + time.perf_counter() - start, outputs)

@@ -47,14 +47,16 @@ def quiet_options() -> onnxruntime.SessionOptions:
     return options
 
 
-def checking_options(folder: Path | None = None, threads: int = 1) -> onnxruntime.SessionOptions:
+def checking_options(folder: Path | None = None, threads: int = 1, prepack: bool = False) -> onnxruntime.SessionOptions:
     """Options for the sessions that check numbers: made to open fast and hold no copy of the weights.
 
     - No graph optimizations: they only make a session faster to run, but cost time super-linear in the
       graph's size to apply (25k nodes: 191 s with them, 14 s without); the merged file and the parts
       are run the same way, so what is compared is the graph as written.
-    - No prepacking: it copies every MatMul weight into a layout of its own, so the memory-mapped
-      weights would be resident twice.
+    - No prepacking unless asked (a file with small weights): it copies every MatMul weight into a
+      layout of its own, so memory-mapped weights would be resident twice; but without it, onnxruntime
+      takes time quadratic in the number of initializers to open a session (a chain of Add nodes with
+      their own (1, 8) weights, 40k nodes: 9.6 s without against 3.3 s with).
     - No spinning, and one intra-op thread unless asked for more (a file with large weights, where one
       MatMul has enough arithmetic to share): a spinning pool per session keeps cores busy between
       runs, and with many small parts, the pools cost more than the runs (32 parts: 0.52x the time).
@@ -68,7 +70,7 @@ def checking_options(folder: Path | None = None, threads: int = 1) -> onnxruntim
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
     if folder is not None:
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     return options
@@ -107,8 +109,9 @@ def file_session(path: Path, on_error: Callable[[str], MergeError],
         weights = weight_bytes if weight_bytes is not None else stored_bytes(path)
     except (OSError, WireError) as e:
         raise on_error(f"cannot read it: {e}") from None
-    threads = 1 if weights <= MAPPED_FROM else os.cpu_count() or 1
-    return open_session(skeleton, on_error, checking_options(Path(os.path.abspath(path)).parent, threads))
+    light = weights <= MAPPED_FROM
+    threads = 1 if light else os.cpu_count() or 1
+    return open_session(skeleton, on_error, checking_options(Path(os.path.abspath(path)).parent, threads, light))
 
 
 def stored_bytes(path: Path) -> int:
@@ -131,16 +134,19 @@ def proto_session(model: ModelProto, folder: Path,
 
     copy = ModelProto()
     copy.CopyFrom(model)
+    mapped = 0
     for tensor in copy.graph.initializer:
         ref = ref_of(tensor)
         if ref is None:
             continue
+        mapped += ref.length
         del tensor.external_data[:]
         location = os.path.relpath(os.path.abspath(ref.path), folder)
         for key, value in (("location", location), ("offset", str(ref.offset)), ("length", str(ref.length))):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, value
-    return open_session(copy.SerializeToString(), on_error, checking_options(folder))
+    skeleton = copy.SerializeToString()
+    return open_session(skeleton, on_error, checking_options(folder, prepack=len(skeleton) + mapped <= MAPPED_FROM))
 
 
 # onnxruntime lays a tree out recursively when it creates the session, ~700 bytes of stack per level:
@@ -432,10 +438,32 @@ def merged_session(path: Path) -> onnxruntime.InferenceSession:
                                                    f"onnxruntime cannot load the merged model: {m}"))
 
 
+# A merged file with at most this many bytes of weights is opened while the parts still run (verification's
+# references): two cores open two sessions at once, and for a large graph of small weights, opening the
+# sessions is what verification costs. A heavier one waits until the parts' sessions are closed, so that
+# their weights and its own are never mapped at the same time.
+OPEN_EARLY_UP_TO = 64 * 1024 * 1024
+
+
+def early_merged_session(path: Path) -> onnxruntime.InferenceSession | MergeError | None:
+    """The merged file's session, opened now if its weights are light (else None). An error is returned,
+    not raised: the caller raises it once the parts have run, so that a part onnxruntime cannot load
+    is named first (a bad input, not a failed merge)."""
+    if stored_bytes(path) > OPEN_EARLY_UP_TO:
+        return None
+    try:
+        return merged_session(path)
+    except MergeError as e:
+        return e
+
+
 def run_merged(path: Path, rows: np.ndarray, chunk: int | None = None,
-               shape_problems: dict[str, str] | None = None) -> dict[str, np.ndarray]:
-    """The merged file on all `rows` (output shapes that contradict the declared ones land in `shape_problems`)."""
-    return _run_merged(merged_session(path), path, rows, chunk, {} if shape_problems is None else shape_problems)
+               shape_problems: dict[str, str] | None = None,
+               session: onnxruntime.InferenceSession | None = None) -> dict[str, np.ndarray]:
+    """The merged file (or its `session`, opened already) on all `rows` (output shapes that contradict the
+    declared ones land in `shape_problems`)."""
+    return _run_merged(session or merged_session(path), path, rows, chunk,
+                       {} if shape_problems is None else shape_problems)
 
 
 def _run_merged(session: onnxruntime.InferenceSession, path: Path, rows: np.ndarray, chunk: int | None,
@@ -471,27 +499,32 @@ def run_file(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> di
         raise bad_input(path, f"onnxruntime cannot run this model: {first_line(e)}") from None
 
 
+# Rows given to onnxruntime in one run when the models leave the batch free: bounds what a run holds at
+# once (1M rows through a 4096-wide layer would be 16 GiB of activations in one piece).
+ROWS_PER_RUN = 8192
+
+
 def in_chunks(run: Callable[[np.ndarray], dict[str, np.ndarray]], rows: np.ndarray,
               chunk: int | None) -> dict[str, np.ndarray]:
-    """Run on all `rows` at once, or in pieces of a fixed batch size: the last piece padded with copies
-    of its last row, which are cut off again. Outputs with one value per row are joined into one;
-    any other output is stacked, one entry per piece."""
-    if not chunk:
+    """Run on all `rows` in pieces: of a fixed batch size `chunk` (the last piece padded with copies of its
+    last row, which are cut off again), else of at most ROWS_PER_RUN rows. Outputs with one value per
+    row are joined into one; any other output is stacked, one entry per piece."""
+    size = chunk or ROWS_PER_RUN
+    if not chunk and len(rows) <= size:
         return run(rows)
-    pieces = []
-    for lo in range(0, len(rows), chunk):
-        piece = rows[lo: lo + chunk]
-        short = chunk - len(piece)
-        if short:
-            piece = np.concatenate([piece, np.repeat(piece[-1:], short, axis=0)])
-        pieces.append(run(piece))
+    pieces, ends = [], []
+    for lo in range(0, len(rows), size):
+        piece = rows[lo: lo + size]
+        ends.append(len(piece))
+        if chunk and len(piece) < chunk:
+            piece = np.concatenate([piece, np.repeat(piece[-1:], chunk - len(piece), axis=0)])
+        pieces.append((len(piece), run(piece)))
     joined = {}
-    for name, first in pieces[0].items():
-        if first.ndim and len(first) == chunk:
-            ends = [min(chunk, len(rows) - lo) for lo in range(0, len(rows), chunk)]
-            joined[name] = np.concatenate([p[name][:n] for p, n in zip(pieces, ends, strict=True)])
+    for name in pieces[0][1]:
+        if all(out[name].ndim and len(out[name]) == fed for fed, out in pieces):
+            joined[name] = np.concatenate([out[name][:n] for (_, out), n in zip(pieces, ends, strict=True)])
         else:
-            joined[name] = np.stack([p[name] for p in pieces])
+            joined[name] = np.stack([out[name] for _, out in pieces])
     return joined
 
 

@@ -11,7 +11,7 @@ from conftest import rows, run_console, run_model, save_text_model, write_mappin
 from onnx import TensorProto, helper, numpy_helper
 
 from merge_cli.errors import ExitCode
-from merge_cli.runtime import MAX_TREE_DEPTH, tree_depth
+from merge_cli.runtime import MAX_TREE_DEPTH, ROWS_PER_RUN, in_chunks, tree_depth
 
 
 def chain_tree(depth: int) -> onnx.ModelProto:
@@ -81,6 +81,41 @@ def test_a_fixed_batch_is_run_in_pieces_and_every_row_compared(tmp_path: Path, c
     np.testing.assert_allclose(got.ravel(), x[:, 0] + x[:, 1] - x[:, 2], rtol=1e-6)
 
 
+def test_many_rows_of_a_free_batch_are_run_in_bounded_pieces_and_joined() -> None:
+    """--rows up to 1M: each onnxruntime run sees at most ROWS_PER_RUN rows (its activations stay bounded),
+    the last piece is not padded, and per-row outputs come back joined in order."""
+    x = rows(2 * ROWS_PER_RUN + 5, 2)
+    seen: list[int] = []
+
+    def run(piece: np.ndarray) -> dict[str, np.ndarray]:
+        seen.append(len(piece))
+        return {"y": piece.sum(axis=1, keepdims=True), "count": np.array(len(piece))}
+
+    got = in_chunks(run, x, None)
+    assert seen == [ROWS_PER_RUN, ROWS_PER_RUN, 5]
+    np.testing.assert_array_equal(got["y"], x.sum(axis=1, keepdims=True))
+    np.testing.assert_array_equal(got["count"], [ROWS_PER_RUN, ROWS_PER_RUN, 5])  # not one per row: one per piece
+    assert in_chunks(run, x[:7], None)["y"].shape == (7, 1) and seen[-1] == 7  # few rows: one run
+
+
+def test_more_rows_than_one_run_takes_are_all_verified(tmp_path: Path, cli) -> None:
+    save_text_model(tmp_path / "a.onnx", """
+        <ir_version: 8, opset_import: ["" : 17]>
+        a (float[N, 2] x) => (float[N, 1] y) <int64[1] axes = {1}> { y = ReduceSum <keepdims: int = 1> (x, axes) }
+    """)
+    save_text_model(tmp_path / "b.onnx", """
+        <ir_version: 8, opset_import: ["" : 17]>
+        b (float[N, 1] x) => (float[N, 1] y) { y = Neg(x) }
+    """)
+    mapping = write_mapping(tmp_path / "m.toml", {
+        "version": 1, "input": {"columns": ["a", "b", "c"]},
+        "models": {"a": {"path": "a.onnx", "columns": ["a", "b"]}, "b": {"path": "b.onnx", "columns": ["c"]}},
+        "combiner": {"kind": "mean"}})
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "out.onnx", "--rows", str(2 * ROWS_PER_RUN + 3), "--json")
+    assert result.code == 0, result.stderr
+    assert result.json["verification"]["rows"] == 2 * ROWS_PER_RUN + 3 and result.json["verification"]["passed"]
+
+
 def test_the_scores_read_verifications_runs_each_model_runs_once(tmp_path: Path, cli, monkeypatch) -> None:
     """--data rows are verified and scored: each part's session and the merged one open once, not twice."""
     from merge_cli import runtime
@@ -109,3 +144,23 @@ def test_the_scores_read_verifications_runs_each_model_runs_once(tmp_path: Path,
     scores = {m["model"]: m for m in result.json["scores"]["models"]}
     assert scores["merged"]["rmse"] == pytest.approx(0.5, rel=1e-5)
     assert scores["a"]["rmse"] == pytest.approx(float(np.sqrt(np.mean((-x[:, 0] - y) ** 2))), rel=1e-5)
+
+
+def test_a_tree_as_deep_as_allowed_is_verified(tmp_path: Path) -> None:
+    """The parts run on a thread of their own while the merged file is written: its stack holds the
+    deepest tree the limit lets through, as the main thread's does."""
+    onnx.save(chain_tree(MAX_TREE_DEPTH), tmp_path / "deep.onnx")
+    save_text_model(tmp_path / "plain.onnx", """
+        <ir_version: 8, opset_import: ["" : 17]>
+        plain (float[N, 1] x) => (float[N, 1] y) { y = Identity(x) }
+    """)
+    mapping = write_mapping(tmp_path / "m.toml", {
+        "version": 1, "input": {"columns": ["a", "b"]},
+        "models": {"deep": {"path": "deep.onnx", "columns": ["a"]}, "plain": {"path": "plain.onnx", "columns": ["b"]}},
+        "combiner": {"kind": "mean"}})
+
+    result = run_console("merge", "--map", mapping, "--out", tmp_path / "out.onnx")
+    assert result.code == 0, result.stderr
+    x = np.array([[0.5, 7.0], [MAX_TREE_DEPTH - 0.5, -1.0]], dtype=np.float32)
+    got = run_model(tmp_path / "out.onnx", {"features": x})
+    np.testing.assert_allclose(got["prediction"].ravel(), [(1 + 7.0) / 2, (MAX_TREE_DEPTH - 1.0) / 2])
