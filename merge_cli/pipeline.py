@@ -169,7 +169,7 @@ def in_background(work: Callable[[], PartRuns]) -> Future[PartRuns]:
 
     The parts' runs do not need the merged file, and onnxruntime releases the GIL while it computes, as
     the writer does while the kernel copies the weights: the parts run while the merged file is written
-    (2 x 1.1 GB pair: the verified merge 9.4 s -> X s). A daemon thread lets a failed merge exit without it.
+    (2 x 1.1 GB pair, under load: the verified merge 9.4 s -> 6.5-7.5 s). A daemon thread lets a failed merge exit without it.
     """
     future: Future[PartRuns] = Future()
 
