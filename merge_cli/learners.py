@@ -55,6 +55,25 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, k: int, alpha: float, w0: np.ndar
     return theta[: d * k].reshape(d, k), theta[d * k:]
 
 
+def fit_pool(blocks: list[np.ndarray], y: np.ndarray, k: int, alpha: float) -> np.ndarray:
+    """Weights c >= 0, sum 1, of softmax(sum_j c_j blocks_j): a log-linear pool of log-probability blocks [N, K].
+
+    c = softmax(theta); min sum log-loss + alpha/2 ||theta||^2 by L-BFGS (the penalty keeps theta finite
+    when one block separates the rows). Convex weights cannot make the pool sharper than its sharpest block.
+    """
+    onehot = np.eye(k)[y]
+
+    def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        c = softmax(theta[None, :])[0]
+        logits = sum((cj * b for cj, b in zip(c, blocks, strict=True)), np.zeros_like(blocks[0]))
+        value, r = cross_entropy(logits, onehot)
+        g = np.array([float(np.sum(r * b)) for b in blocks])
+        return value + 0.5 * alpha * float(theta @ theta), c * (g - c @ g) + alpha * theta
+
+    theta = lbfgs(loss_grad, np.zeros(len(blocks)), tolerance=1e-7 * max(len(y), 1))
+    return np.asarray(softmax(theta[None, :])[0])
+
+
 def cross_entropy(logits: np.ndarray, onehot: np.ndarray) -> tuple[float, np.ndarray]:
     """Summed log-loss of softmax(logits) and its gradient with respect to the logits."""
     top = logits.max(axis=1, keepdims=True)

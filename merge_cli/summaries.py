@@ -230,6 +230,7 @@ def _print_scores(console: Console, doc: dict[str, Any]) -> None:
         cv = stack["cross_validation"]
         names = metrics["classification" if "accuracy" in cv[0] else "regression"]
         alpha = f", alpha {stack['alpha']:g}" if stack["alpha"] is not None else ""
+        alpha += f" towards {stack['prior']}" if stack.get("prior") else ""
         print_plain(f"stack: {stack['folds']}-fold cross-validation on {stack['rows']} rows "
                     f"(chosen: {stack['chosen']}{alpha})")
         _print_rows(console, ["combiner", *names], [[c["combiner"], *(_metric(c.get(n)) for n in names)] for c in cv])
