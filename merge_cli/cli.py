@@ -307,8 +307,7 @@ def verify(
             _to_stdout(summaries.print_verify, result)
         doc = result.to_dict()
         if not result.passed:
-            error = MergeError(ExitCode.VERIFY_FAILED, merged, result.verification.failure(),
-                               "the merged file no longer computes what its sources and mapping compute; merge again")
+            error = MergeError(ExitCode.VERIFY_FAILED, merged, *result.failure())
             error.details = {k: v for k, v in doc.items() if k != "status"}
             raise error
         return doc

@@ -2,7 +2,8 @@
 
 The merged file's metadata holds the tool version, the resolved mapping (`merge_models.mapping`,
 canonical JSON with paths relative to the merged file's folder) and each source's file and sha256
-(`merge_models.sources`, in mapping order).
+(`merge_models.sources`, in mapping order); a stack also records the version of its fit
+(`merge_models.stack_fit`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
 MAPPING_KEY = "merge_models.mapping"
 SOURCES_KEY = "merge_models.sources"
 VERSION_KEY = "merge_models.version"
+STACK_FIT_KEY = "merge_models.stack_fit"
+STACK_FIT = "3"  # the stack's fit, numbered: bump it whenever the same rows would give a stack other weights
+# (1: mean probability features, 2: per-part log-probabilities and the residual MLP, 3: the pool prior).
+# Files merged before 3 record none. `verify` refits the stack, so it can only reproduce a file of its own.
 SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_DEPTH = 64  # a recorded mapping nests 5 levels deep
 
@@ -49,6 +54,7 @@ def provenance(mapping: FeatureMapping, parts: Sequence[Part], out: Path,
         VERSION_KEY: __version__,
         MAPPING_KEY: canonical_json(resolved),
         SOURCES_KEY: canonical_json(sources),
+        **({STACK_FIT_KEY: STACK_FIT} if mapping.combiner.kind == "stack" else {}),
     }
     for part in parts:
         for p in part.model.metadata_props:

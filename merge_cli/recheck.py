@@ -21,7 +21,7 @@ from .graphs import default_opset
 from .mapping import FeatureMapping
 from .model_io import hash_in_background, load_model, sha256_file
 from .pipeline import Built, Stopwatch, build, verify_built
-from .provenance import VERSION_KEY, check_inside, recorded_mapping, recorded_sources
+from .provenance import STACK_FIT, STACK_FIT_KEY, VERSION_KEY, check_inside, recorded_mapping, recorded_sources
 from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL, MergeRequest
 
 
@@ -48,10 +48,22 @@ class RecheckResult:
     data_rows: int
     verification: VerifyReport
     seconds: float
+    stack_fit: str | None = None  # the stack fit version the file records (None: not a stack, or merged before 3)
 
     @property
     def passed(self) -> bool:
         return self.verification.passed
+
+    def failure(self) -> tuple[str, str]:
+        """Why verification failed, and what to do. A stack fitted by another version of the fit cannot be
+        reproduced by refitting it here, so its differing outputs say nothing about the file: say that instead."""
+        if self.mapping.combiner.kind == "stack" and self.stack_fit != STACK_FIT:
+            recorded = f"stack fit {self.stack_fit}" if self.stack_fit else "a stack fit from before versions were recorded"
+            return (f"was merged by an older merge-models ({recorded}; this one refits the stack with version "
+                    f"{STACK_FIT}, which gives other weights on the same rows), so verify cannot reproduce it",
+                    "merge it again with this merge-models (same mapping and rows), then verify the new file")
+        return (self.verification.failure(),
+                "the merged file no longer computes what its sources and mapping compute; merge again")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,7 +122,8 @@ def verify_merged(
     with step("verify"):
         report = verify_built(merged, built)
     return RecheckResult(merged, props.get(VERSION_KEY), mapping, found, merged_outputs, data,
-                         0 if built.rows is None else len(built.rows.features), report, time.perf_counter() - start)
+                         0 if built.rows is None else len(built.rows.features), report, time.perf_counter() - start,
+                         props.get(STACK_FIT_KEY))
 
 
 def find_sources(props: dict[str, str], mapping: FeatureMapping, merged: Path, moved: dict[str, Path],

@@ -32,7 +32,32 @@ def test_stack_on_diabetes_passes_default_tolerances_and_a_wrong_one_fails(cli, 
     coef = next(t for t in model.graph.initializer if t.name.startswith("stack_weight"))
     coef.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(coef) * (1 + 1e-4), coef.name))
     onnx.save(model, out)
-    assert cli("verify", out).code == 1  # a stack off by 1e-4 of its weights is caught
+    result = cli("verify", out)  # a stack off by 1e-4 of its weights is caught
+    assert result.code == 1 and result.error_lines[0].startswith(f"error: {out}: merged outputs differ"), result.stderr
+
+
+def test_verify_says_a_stack_fitted_by_an_older_merge_models_must_be_merged_again(cli, diabetes: Job) -> None:  # noqa: F811
+    """verify refits the stack; a file whose fit came from an older version of the fit cannot be reproduced, and
+    saying "outputs differ" about it would send the user looking for a broken file."""
+    diabetes.csv(diabetes.stack, "stack.csv")
+    mapping = diabetes.mapping({"kind": "stack", "data": "stack.csv", "target": "y"}, name="old.toml")
+    out = diabetes.dir / "old.onnx"
+    merge_json(cli, mapping, out)
+    model = onnx.load(out)
+    assert {p.key: p.value for p in model.metadata_props}["merge_models.stack_fit"] == "3"
+
+    older = [p for p in model.metadata_props if p.key != "merge_models.stack_fit"]  # as files before version 3
+    del model.metadata_props[:]
+    model.metadata_props.extend(older)
+    onnx.save(model, out)
+    assert cli("verify", out).code == 0  # the same fit: nothing to say
+    coef = next(t for t in model.graph.initializer if t.name.startswith("stack_weight"))
+    coef.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(coef)[::-1].copy(), coef.name))  # another fit's weights
+    onnx.save(model, out)
+    result = cli("verify", out)
+    assert result.code == 1 and len(result.error_lines) == 1, result.stderr
+    assert result.error_lines[0].startswith(f"error: {out}: was merged by an older merge-models"), result.stderr
+    assert "merge it again" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_passthrough_all_and_learner_are_validated(cli, wine: Job) -> None:  # noqa: F811
