@@ -6,6 +6,7 @@ One reader serves verification, scores and the stack fit. It reads at most what 
 
 from __future__ import annotations
 
+import collections
 import csv
 import functools
 import io
@@ -455,17 +456,23 @@ def _arrow_csv(path: Path, f: io.BufferedReader, plan: _Plan) -> Cells | None:
                                                   true_values=[], false_values=[]))  # True/False: labels
     except (pa.ArrowException, ValueError, OverflowError):
         return None
-    return _by_column(lambda i: _arrow_column(table.column(names[i]), text=_text_column(plan, i)))
+    return _by_column(lambda i: _arrow_column(path, plan.header[i], table.column(names[i]), text=_text_column(plan, i)))
 
 
-def _arrow_column(column: Any, text: bool) -> np.ndarray:
-    """An arrow column as numpy: numbers as float64 with NaN for nulls, anything else as str objects."""
+def _arrow_column(path: Path, name: str, column: Any, text: bool) -> np.ndarray:
+    """An arrow column as numpy: numbers as float64 with NaN for nulls (integers past 2^53 rounded, as a
+    CSV's digits are), anything else as str objects; a column that is neither (lists, structs, bytes that
+    are not UTF-8) is exit 3 naming it."""
     import pyarrow as pa
 
-    if not text and (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)
-                     or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
-        return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-    values = column.cast(pa.string()).to_numpy(zero_copy_only=False)
+    try:
+        if not text and (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)
+                         or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
+            return np.asarray(column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False), dtype=np.float64)
+        values = column.cast(pa.string()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowException, ValueError) as e:
+        raise bad_input(path, f"column {name!r} has type {column.type}: neither numbers nor text ({first_line(e)})",
+                        "give numbers, or labels as text") from None
     return np.array(["" if v is None else v for v in values], dtype=object)
 
 
@@ -484,6 +491,10 @@ def _read_parquet(path: Path, blob: bytes, inputs: Sequence[MergedInput], target
     parquet = _parquet(path, blob)
     header = list(parquet.schema_arrow.names)
     plan = _plan(path, header, inputs, target)
+    counts = collections.Counter(header)
+    twice = next((header[i] for i in plan.used if counts[header[i]] > 1), None)
+    if twice is not None:  # a CSV's first wins; a Parquet reader takes columns by name only
+        raise bad_input(path, f"names column {twice!r} {counts[twice]} times", "give each column its own name")
     if parquet.metadata.num_rows * max(len(plan.used), 1) * 8 > 8 * len(blob) + (256 << 20):
         raise bad_input(path, f"declares {parquet.metadata.num_rows} rows, far more than its {len(blob)} bytes hold")
     try:
@@ -497,5 +508,5 @@ def _read_parquet(path: Path, blob: bytes, inputs: Sequence[MergedInput], target
                 pa.types.is_floating(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)
                 or pa.types.is_null(kind)):
             raise bad_input(path, f"column {header[i]!r} has type {kind}; numbers are needed")
-    cells = _by_column(lambda i: _arrow_column(table.column(header[i]), text=_text_column(plan, i)))
+    cells = _by_column(lambda i: _arrow_column(path, header[i], table.column(header[i]), text=_text_column(plan, i)))
     return _assemble(path, plan, cells, target)

@@ -139,6 +139,14 @@ def class_indices(y: np.ndarray, classes: tuple[int, ...] | tuple[str, ...], pat
     return table[inverse.reshape(-1)]
 
 
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 def score_table(data: Path, target: str, y: np.ndarray, task: str, classes: tuple[int, ...] | tuple[str, ...] | None,
                 models: list[Predictions], in_sample: bool = False) -> ScoreTable:
     """Score every model on the rows whose target is known and whose outputs are finite."""
@@ -146,6 +154,10 @@ def score_table(data: Path, target: str, y: np.ndarray, task: str, classes: tupl
         assert classes is not None
         truth = class_indices(y, classes, data)
         known = truth >= 0
+    elif y.dtype.kind in "OUS":  # text labels: regressors have no classes to compare them with
+        row, label = next((i, v) for i, v in enumerate(y.tolist()) if not _is_number(v))
+        raise bad_input(data, f"target column {target!r} holds labels ({str(label)[:40]!r} on data row {row + 1}), "
+                        "but the models are regressors", "give the column of true values (--target NAME)")
     else:
         truth = y.astype(np.float64)
         known = np.isfinite(truth)

@@ -22,6 +22,7 @@ from bad_inputs import (  # noqa: E402
     GOOD_YAML,
     OUT,
     Case,
+    _with_data,
     external_mlp,
     make_regressor,
     mapping_doc,
@@ -122,6 +123,44 @@ _yaml("yaml_null_key", "a key must be a string, not null",
 _yaml("yaml_merge_key_then_a_duplicate", "duplicate key 'path'",
       "version: 1\ninput: {columns: [A, B, C, D]}\nmodels:\n  a: &base {path: a.onnx, columns: [A, B]}\n"
       "  b:\n    <<: *base\n    path: b.onnx\n    path: b.onnx\n")
+
+# ---------------------------------------------------------------------------- --data columns that are not numbers
+
+
+def _rows_with(target: list[Any], kind: str | None = None,
+               names: tuple[str, ...] = ("A", "B", "C", "D", "y")) -> Callable[[Path], None]:
+    """A Parquet file of 2 rows: float columns, then the target column (of pyarrow type `kind`) last."""
+    def write(p: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = [pa.array([1.0, 2.0])] * (len(names) - 1) + [pa.array(target, getattr(pa, kind)() if kind else None)]
+        pq.write_table(pa.Table.from_arrays(columns, names=list(names)), p)
+
+    return write
+
+
+@case(ExitCode.BAD_INPUT, "rows.csv", "target column 'y' holds labels ('cat' on data row 2)", hint=True, json=True)
+def data_target_of_labels_for_regressors(d: Path) -> list[str]:
+    """Used to be exit 70 (float('cat') while scoring); dates read by pyarrow end up here too."""
+    return _with_data(d, "rows.csv", lambda p: p.write_text("A,B,C,D,y\n1,2,3,4,1.5\n2,3,4,5,cat\n"))
+
+
+@case(ExitCode.BAD_INPUT, "rows.parquet", "names column 'A' 2 times", hint=True)
+def data_parquet_names_a_column_twice(d: Path) -> list[str]:
+    """pyarrow takes Parquet columns by name: a repeated name was a KeyError, exit 70."""
+    return _with_data(d, "rows.parquet", _rows_with([1.0, 2.0], names=("A", "B", "C", "D", "A", "y")))
+
+
+@case(ExitCode.BAD_INPUT, "rows.parquet", "column 'y' has type list<element: double>", hint=True, json=True)
+def data_parquet_target_of_lists(d: Path) -> list[str]:
+    return _with_data(d, "rows.parquet", _rows_with([[1.0], [2.0]]))
+
+
+@case(ExitCode.BAD_INPUT, "rows.parquet", "column 'y' has type binary", hint=True)
+def data_parquet_target_of_bytes_that_are_not_utf8(d: Path) -> list[str]:
+    return _with_data(d, "rows.parquet", _rows_with([b"\xff\xfe", b"a"], "binary"))
+
 
 # ---------------------------------------------------------------------------- the file to blame
 

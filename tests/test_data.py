@@ -152,6 +152,24 @@ def test_parquet_columns_by_name(tmp_path: Path) -> None:
     assert list(rows.target) == ["u", "v"] and rows.target_name == "y"  # type: ignore[arg-type]
 
 
+def test_integers_past_2_to_53_are_rounded_as_a_csvs_digits_are(tmp_path: Path, engine: str) -> None:
+    """pyarrow reads such a CSV column as int64 (a Parquet file may store uint64): its safe cast to float64
+    refused them, exit 70."""
+    big = [10**18, 2**63 - 1]
+    rows = read_data(write(tmp_path / "rows.csv", f"A,B,C,y\n1,2,3,{big[0]}\n4,5,6,{big[1]}\n"), [FEATURES], "y")
+    np.testing.assert_array_equal(rows.target, np.array(big, dtype=np.float64))
+
+
+def test_parquet_integers_past_2_to_53_are_rounded_too(tmp_path: Path) -> None:
+    big = [10**18, 2**63 - 1]
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"A": pa.array([2**64 - 1, 1], pa.uint64()), "B": [2.0, 5.0], "C": [3.0, 6.0],
+                             "y": pa.array(big, pa.int64())}), path)
+    rows = read_data(path, [FEATURES], "y")
+    np.testing.assert_array_equal(rows.features[:, 0], [2.0**64, 1.0])
+    np.testing.assert_array_equal(rows.target, np.array(big, dtype=np.float64))
+
+
 def test_parquet_without_pyarrow_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.table({"A": [1.0], "B": [2.0], "C": [3.0]}), path)
