@@ -245,7 +245,10 @@ def _print_scores(console: Console, doc: dict[str, Any]) -> None:
 
 
 def _metric(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """Four decimals; an exponent past a million (targets of 1e300 once printed 300 digits per cell)."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if abs(value) < 1e6 else f"{value:.4g}"
 
 
 def _shape(shape: list[Any] | None) -> str:

@@ -225,6 +225,9 @@ def test_huge_targets_keep_the_json_strict(cli, tmp_path: Path) -> None:
     result = cli("merge", "--map", mapping, "--out", tmp_path / "m2.onnx", "--rows", "16", "--data", few, "--json")
     merged = next(m for m in result.json["scores"]["models"] if m["model"] == "merged")
     assert merged["rmse"] == pytest.approx(1e300, rel=1e-9) and merged["r2"] == pytest.approx(0.0, abs=1e-9)
+    result = cli("merge", "--map", mapping, "--out", tmp_path / "m2.onnx", "--rows", "16", "--data", few)
+    table = result.stdout[result.stdout.index("scores on"):result.stdout.index("wrote")]  # once 300 digits per cell
+    assert "1e+300" in table and max(map(len, table.splitlines())) < 100
 
 
 def test_stack_from_the_command_line_resolves_the_target_from_the_data(cli, tmp_path: Path) -> None:
