@@ -16,7 +16,7 @@ MAX_MAPPING_BYTES = 16 * 1024 * 1024
 def read_document(path: Path) -> dict[str, Any]:
     """Decode TOML, JSON or YAML (by extension) strictly: no BOM, no duplicate keys, no NaN."""
     try:
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():  # a dangling link or a loop: its stat error says which
             raise bad_input(path, "no such mapping file")
         if path.is_dir():
             raise bad_input(path, "is a directory, not a mapping file")
@@ -56,6 +56,8 @@ def read_document(path: Path) -> dict[str, Any]:
         raise bad_input(path, str(e)) from None
     except RecursionError:
         raise bad_input(path, "nested too deeply to be a mapping file") from None
+    except ValueError as e:  # Python's own limits: an integer of more than 4300 digits
+        raise bad_input(path, f"invalid {suffix[1:].upper()}: {str(e).split(';')[0]}") from None
     if not isinstance(doc, dict):
         raise bad_input(path, f"the top level must be a table/object, not {_kind(doc)}")
     return doc

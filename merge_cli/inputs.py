@@ -166,6 +166,8 @@ def kind_of(value: Any) -> str:
     """How an error names a value the mapping gave: `string 'x'`, `a list`, `boolean true`, ..."""
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
+    if isinstance(value, int) and len(digits := str(abs(value))) > 30:  # a 400-digit weight: not all of it
+        return f"number {'-' if value < 0 else ''}{digits[:6]}... ({len(digits)} digits)"
     if isinstance(value, (int, float)):
         return f"number {value!r}"
     if isinstance(value, str):

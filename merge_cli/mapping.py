@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -209,7 +210,8 @@ class _Validator:
         return value
 
     def number(self, value: Any, key: str, minimum: float | None = None) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        finite = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+        if not finite or not math.isfinite(value):  # an int past 1.8e308 has no float (math.isfinite raised)
             raise self.error(key, f"must be a finite number, not {_kind(value)}")
         if minimum is not None and value < minimum:
             raise self.error(key, f"must be >= {minimum}, not {value}")

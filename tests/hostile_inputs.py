@@ -19,9 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 from bad_inputs import (  # noqa: E402
+    GOOD_JSON,
+    GOOD_TOML,
     GOOD_YAML,
     OUT,
     Case,
+    _mapping_text,
     _with_data,
     external_mlp,
     make_regressor,
@@ -160,6 +163,27 @@ def data_parquet_target_of_lists(d: Path) -> list[str]:
 @case(ExitCode.BAD_INPUT, "rows.parquet", "column 'y' has type binary", hint=True)
 def data_parquet_target_of_bytes_that_are_not_utf8(d: Path) -> list[str]:
     return _with_data(d, "rows.parquet", _rows_with([b"\xff\xfe", b"a"], "binary"))
+
+
+# ---------------------------------------------------------------------------- numbers past what Python converts
+
+_doc("mapping_weight_past_the_largest_float", ExitCode.BAD_INPUT, "models.a.weight: must be a finite number, not "
+     "number 100000... (401 digits)", lambda doc: doc["models"]["a"].update(weight=10**400), json=True)
+_5000_DIGITS = "9" * 5000  # past Python's 4300-digit limit for int(str): the parsers raised ValueError, exit 70
+for _name, _text in [("map.toml", GOOD_TOML.replace('"version" = 1', f'"version" = {_5000_DIGITS}')),
+                     ("map.json", GOOD_JSON.replace('"version": 1', f'"version": {_5000_DIGITS}')),
+                     ("map.yaml", GOOD_YAML.replace("columns: [A, B]", f"columns: [{_5000_DIGITS}, B]"))]:
+    assert _5000_DIGITS in _text
+    HOSTILE_CASES.append(Case(f"mapping_integer_of_5000_digits_{_name[4:]}", _mapping_text(_name, _text),
+                              ExitCode.BAD_INPUT, _name, "integer string conversion", json=_name == "map.json"))
+
+
+@case(ExitCode.BAD_INPUT, "loop.toml", "too many levels of symbolic links")
+def mapping_is_a_symlink_loop(d: Path) -> list[str]:
+    """It was 'no such mapping file' (Path.exists is False for a loop)."""
+    two_regressors(d)
+    (d / "loop.toml").symlink_to("loop.toml")
+    return merge_args(d, "loop.toml")
 
 
 # ---------------------------------------------------------------------------- the file to blame
