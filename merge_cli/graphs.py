@@ -40,6 +40,17 @@ def shape_text(shape: Sequence[Dim] | None, unknown: str = "[?]") -> str:
     return "[" + ", ".join("?" if d is None or d == "" else str(d) for d in shape) + "]"
 
 
+MAX_ROW_VALUES = 1 << 26  # values in one row of an input (256 MiB of float32): more is a size no model runs on
+
+
+def row_values(shape: Sequence[Dim]) -> int:
+    """How many values one row (all but the first dimension) holds, counting the sizes that are fixed."""
+    count = 1
+    for d in shape[1:]:
+        count *= d if isinstance(d, int) and d > 0 else 1
+    return count
+
+
 def elem_type_of(dtype: np.dtype[Any]) -> int | None:
     """The onnx element type of a numpy array's dtype (by kind and size), None for one onnx has no name for here."""
     return _TYPE_OF_NUMPY.get((dtype.kind, dtype.itemsize))
@@ -77,11 +88,11 @@ def tensor_info(vi: ValueInfoProto) -> TensorInfo | None:
         dims: list[Dim] = []
         for d in tt.shape.dim:
             kind = d.WhichOneof("value")
-            if kind == "dim_value":
+            if kind == "dim_value" and d.dim_value >= 0:
                 dims.append(d.dim_value)
             elif kind == "dim_param" and not d.dim_param.startswith("unk__"):  # shape inference's made-up names
                 dims.append(d.dim_param)
-            else:
+            else:  # unnamed, or a negative size: some converters write -1 for "any"
                 dims.append(None)
         shape = tuple(dims)
     return TensorInfo(vi.name, tt.elem_type, shape)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import MergeError
+from .graphs import MAX_ROW_VALUES, row_values, shape_text
 
 InputDtype = Literal["float32", "float64", "int64", "int32", "bool", "string"]
 INPUT_DTYPES: tuple[InputDtype, ...] = ("float32", "float64", "int64", "int32", "bool", "string")
@@ -146,6 +147,9 @@ def parse_tensor(doc: dict[str, Any], where: str, name: str, error: ErrorAt) -> 
                 raise error(f"{where}.shape[{i}]", f"must be a positive size or a name, not {kind_of(d)}",
                             'e.g. shape = ["N", 3, 224, 224]')
         shape = tuple(value)
+        if row_values(shape) > MAX_ROW_VALUES:
+            raise error(f"{where}.shape", f"{shape_text(shape)} is {row_values(shape)} values per row; more than "
+                        f"{MAX_ROW_VALUES} is refused", "a row of a tensor input is one example: check the sizes")
     return TensorInput(name, _dtype(doc, where, error, INPUT_DTYPES), shape)
 
 

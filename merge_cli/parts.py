@@ -14,6 +14,7 @@ from .graphs import (
     DEFAULT_OPSET,
     FLOAT,
     LABEL_TYPES,
+    MAX_ROW_VALUES,
     SCORE_TYPES,
     Classes,
     Dim,
@@ -24,6 +25,7 @@ from .graphs import (
     default_opset,
     fed_inputs,
     is_default_domain,
+    row_values,
     shape_text,
     tensor_info,
 )
@@ -31,12 +33,13 @@ from .mapping import ModelSpec
 from .model_io import LoadedModel, check_model
 
 if TYPE_CHECKING:
-    from onnx import ModelProto, NodeProto, TensorProto
+    from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
 CLASSIFIER_OPS = {"LinearClassifier", "TreeEnsembleClassifier", "SVMClassifier"}
 CLASS_ATTRS = ("classlabels_int64s", "classlabels_ints", "classlabels_strings")
 # Ops a label goes through unchanged on its way out (skl2onnx: ArgMax -> ArrayFeatureExtractor -> Reshape -> Cast).
 LABEL_PASS_THROUGH = {"Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+MAX_BATCH_VALUES = MAX_ROW_VALUES  # values in one run of a fixed-batch model: its verification cannot take fewer rows
 PROBE_ROWS = 3  # batch size of the one run that checks declared output shapes (no converter bakes in 3)
 
 # What one run of the original file says about its outputs: name -> (shape, element type or None if unknown).
@@ -199,7 +202,18 @@ def checked_model(loaded: LoadedModel) -> ModelProto:
     model = copied(loaded.proto)  # the loaded proto stays as read from disk
     dedupe_opsets(model)
     check_model(model, loaded.path, full=False)
+    forget_negative_sizes(model.graph)
     return model
+
+
+def forget_negative_sizes(graph: GraphProto) -> None:
+    """A negative size (some converters write -1 for "any") becomes an unnamed one, as tensor_info reads
+    it: left in, the merged graph's checker would compare it with the routed width and blame the output."""
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        if vi.type.WhichOneof("value") == "tensor_type" and vi.type.tensor_type.HasField("shape"):
+            for d in vi.type.tensor_type.shape.dim:
+                if d.WhichOneof("value") == "dim_value" and d.dim_value < 0:
+                    d.ClearField("dim_value")
 
 
 def remove_zipmaps(model: ModelProto) -> dict[str, tuple[str, Classes]]:
@@ -273,12 +287,24 @@ def trusted_shape(declared: Shape, inferred: Shape, fixed_batch: bool) -> Shape:
 
 
 def fixed_batch(inputs: list[TensorInfo], path: Path) -> int | None:
-    """The batch size the inputs fix (their first dimension), or None when it is symbolic or unnamed."""
+    """The batch size the inputs fix (their first dimension), or None when it is symbolic or unnamed.
+
+    Sizes no model runs on are refused here, before anything allocates them: more than MAX_ROW_VALUES
+    values in one row of an input, or a fixed batch whose rows hold more than MAX_BATCH_VALUES."""
+    for i in inputs:
+        if i.shape and row_values(i.shape) > MAX_ROW_VALUES:
+            raise bad_input(path, f"input {i.name!r} is {shape_text(i.shape)}: {row_values(i.shape)} values per row; "
+                            f"more than {MAX_ROW_VALUES} is refused")
     sizes = {i.shape[0] for i in inputs if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
     if len(sizes) > 1:
         raise incompatible(path, f"the model's inputs fix different batch sizes ({sorted(sizes)})",
                            "re-export the model with a dynamic batch dimension")
-    return sizes.pop() if sizes else None
+    batch = sizes.pop() if sizes else None
+    if batch is not None and batch * sum(row_values(i.shape or ()) for i in inputs) > MAX_BATCH_VALUES:
+        raise bad_input(path, f"the inputs fix a batch of {batch} rows ({', '.join(shape_text(i.shape) for i in inputs)}"
+                        f"): more than {MAX_BATCH_VALUES} values per run is refused",
+                        "re-export the model with a dynamic batch dimension")
+    return batch
 
 
 def believe_run(info: TensorInfo, seen: tuple[tuple[int, ...], int | None] | None, batch: int | None,

@@ -186,6 +186,39 @@ def mapping_is_a_symlink_loop(d: Path) -> list[str]:
     return merge_args(d, "loop.toml")
 
 
+# ---------------------------------------------------------------------------- declared sizes no model runs on
+
+
+def _with_input(shape: list[Any]) -> Callable[[Path], list[str]]:
+    """a.onnx declares its input x with `shape` (its graph still takes [N, 2])."""
+    def build(d: Path) -> list[str]:
+        a = make_regressor()
+        dims = a.graph.input[0].type.tensor_type.shape.dim
+        del dims[:]
+        for size in shape:
+            dims.add().dim_value = size
+        return two_regressors(d, a=a)
+
+    return build
+
+
+HOSTILE_CASES += [
+    Case("model_fixes_a_batch_of_10_to_the_12", _with_input([10**12, 2]), ExitCode.BAD_INPUT, "a.onnx",
+         "fix a batch of 1000000000000 rows", hint=True, json=True),  # was a 14.6 TiB MemoryError, exit 70
+    Case("model_input_of_10_to_the_10_values_per_row", _with_input([1, 100_000, 100_000]), ExitCode.BAD_INPUT,
+         "a.onnx", "10000000000 values per row"),
+]
+
+
+def _huge_tensor_input(doc: dict[str, Any]) -> None:
+    doc["inputs"] = {"img": {"shape": ["N", 2**40, 2**40]}, "features": doc.pop("input")}
+
+
+_doc("mapping_tensor_of_2_to_the_80_values_per_row", ExitCode.BAD_INPUT, "inputs.img.shape: [N, 1099511627776, "
+     "1099511627776] is 1208925819614629174706176 values per row", _huge_tensor_input, fmt="toml", hint=True,
+     json=True)  # was exit 70 (a reshape of 2^80 values), and [N, 1e5, 1e5] a 298 GiB MemoryError
+
+
 # ---------------------------------------------------------------------------- the file to blame
 
 _doc("input_name_inside_a_model_prefix", ExitCode.BAD_INPUT, "input.name: 'a/x' starts with 'a/'",

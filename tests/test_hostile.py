@@ -40,6 +40,20 @@ def test_huge_weights_normalise_without_overflow(flags: list[str], weight: float
     assert np.abs(got).max() > 0
 
 
+@pytest.mark.parametrize("dim", [0, 1])
+def test_a_negative_declared_size_is_any_size(dim: int, tmp_path: Path) -> None:
+    """Some converters write -1 for a dynamic size: read as unnamed. Left in, the merged graph's checker
+    compared it with the routed width and blamed the output file (exit 3)."""
+    a = make_regressor(weight=0.5)
+    a.graph.input[0].type.tensor_type.shape.dim[dim].dim_value = -1 if dim == 0 else -5
+    args = two_regressors(tmp_path, a=a)
+    assert main([*args, "--quiet"]) == ExitCode.OK
+    x = rows(5, 4)
+    got = run_model(tmp_path / "merged.onnx", {"features": x})["prediction"]
+    np.testing.assert_allclose(got, (x[:, :2].sum(1, keepdims=True) * 0.5 - x[:, 2:].sum(1, keepdims=True)) / 2,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_vote_with_huge_weights_still_votes(tmp_path: Path) -> None:
     doc = mapping_doc()
     for m, w in (("a", 1e308), ("b", 1e308)):
