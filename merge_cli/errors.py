@@ -33,6 +33,18 @@ def one_line(text: str) -> str:
                    else c.encode("unicode_escape", "backslashreplace").decode("ascii") for c in text)
 
 
+MAX_MESSAGE = 1200  # characters of an error message or hint: a 20,000-name list or a 100 kB name is cut short
+
+
+def shortened(text: str) -> str:
+    """The text, or its start and end around a count of what was left out (what is wrong is often said
+    after the long name or list that precedes it)."""
+    if len(text) <= MAX_MESSAGE:
+        return text
+    head, tail = MAX_MESSAGE * 2 // 3, MAX_MESSAGE // 4
+    return f"{text[:head]} [... {len(text) - head - tail} characters ...] {text[-tail:]}"
+
+
 def first_line(error: BaseException) -> str:
     """A library exception in one line for an error message: its first line, else its type's name."""
     text = str(error).strip()
@@ -49,7 +61,7 @@ class MergeError(Exception):
         message: str,
         hint: str | None = None,
     ) -> None:
-        message, hint = one_line(message), one_line(hint) if hint is not None else None
+        message, hint = shortened(one_line(message)), shortened(one_line(hint)) if hint is not None else None
         super().__init__(message)
         self.code = code
         self.file = one_line(str(file)) if file is not None else None

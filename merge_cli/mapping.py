@@ -272,7 +272,7 @@ class _Validator:
         where = f"models.{name}"
         if not isinstance(name, str) or not MODEL_NAME.match(name):
             raise self.error(where, f"model name {name!r} is not usable as a graph prefix",
-                             "use letters, digits, '_', '.', '-' (starting with a letter or '_')")
+                             "use up to 64 letters, digits, '_', '.', '-' (starting with a letter or '_')")
         if not isinstance(doc, dict):
             raise self.error(where, f"must be a table, not {_kind(doc)}")
         self.keys(doc, MODEL_KEYS, where)

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
 from bad_inputs import external_mlp, make_regressor, mapping_doc, save, two_regressors, with_a
 from conftest import rows, run_model, write_mapping
@@ -52,6 +53,29 @@ def test_a_negative_declared_size_is_any_size(dim: int, tmp_path: Path) -> None:
     got = run_model(tmp_path / "merged.onnx", {"features": x})["prediction"]
     np.testing.assert_allclose(got, (x[:, :2].sum(1, keepdims=True) * 0.5 - x[:, 2:].sum(1, keepdims=True)) / 2,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_error_lines_stay_short_whatever_the_names_and_lists_in_them(tmp_path: Path,
+                                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """A model of 20,001 outputs once listed them all (149 kB of one line), a 100,000-character model name
+    was printed twice; the line keeps its start and its end (what is wrong is said after the list)."""
+    a = make_regressor()
+    for i in range(2000):
+        a.graph.output.add().CopyFrom(a.graph.output[0])
+        a.graph.output[-1].name = f"o{i}"
+        a.graph.node.add().CopyFrom(onnx.helper.make_node("Identity", ["y"], [f"o{i}"]))
+    doc = mapping_doc()
+    (tmp_path / "long").mkdir()
+    long_name = doc | {"models": {"m" * 100_000: doc["models"]["a"], "b": doc["models"]["b"]}}
+    cases = [(two_regressors(tmp_path, a=a, doc=doc), ExitCode.INCOMPATIBLE, "2001 outputs (y, o0, o1,",
+              "o1999) and none is chosen"),
+             (two_regressors(tmp_path / "long", doc=long_name), ExitCode.BAD_INPUT, "models.mmmm",
+              "m' is not usable as a graph prefix")]
+    for argv, code, begins, ends in cases:
+        capfd.readouterr()
+        assert main(argv) == code
+        line = capfd.readouterr().err.splitlines()[0]
+        assert begins in line and line.endswith(ends) and "characters ...]" in line and len(line) < 1300, line[:200]
 
 
 def test_vote_with_huge_weights_still_votes(tmp_path: Path) -> None:
