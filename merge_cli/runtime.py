@@ -5,6 +5,7 @@ This is the only module that imports onnxruntime.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -17,6 +18,7 @@ import numpy as np
 from .errors import ExitCode, MergeError, bad_input, first_line
 from .graphs import DTYPE_OF_INPUT_TYPE, NUMPY_OF_TYPE, all_nodes, elem_type_of, is_default_domain, shape_text
 from .parts import PROBE_ROWS, Observed, Part
+from .residency import pages_given_back
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -112,6 +114,12 @@ def file_session(path: Path, on_error: Callable[[str], MergeError],
     light = weights <= MAPPED_FROM
     threads = 1 if light else os.cpu_count() or 1
     return open_session(skeleton, on_error, checking_options(Path(os.path.abspath(path)).parent, threads, light))
+
+
+def weights_given_back(files: list[Path], weights: int) -> contextlib.AbstractContextManager[None]:
+    """Around a run of a file whose weights are memory-mapped (more than MAPPED_FROM bytes): their pages
+    are given back as the run goes (residency.py), so that peak memory is not all of them at once."""
+    return pages_given_back(files) if weights > MAPPED_FROM else contextlib.nullcontext()
 
 
 def stored_bytes(path: Path) -> int:
@@ -363,7 +371,8 @@ def run_part(part: Part, session: onnxruntime.InferenceSession, rows: np.ndarray
     """
     fetch = [o.name for o in part.outputs]
     try:
-        values = session.run(fetch, part_feed(part, rows))
+        with weights_given_back([part.source.path, *part.source.data_files], part.source.size):
+            values = session.run(fetch, part_feed(part, rows))
     except Exception as e:
         raise bad_input(part.source.path, f"onnxruntime cannot run this model: {first_line(e)}") from None
     out = {name: np.asarray(value) for name, value in zip(fetch, values, strict=True)}
@@ -475,7 +484,8 @@ def _run_merged(session: onnxruntime.InferenceSession, path: Path, rows: np.ndar
 
     def run(piece: np.ndarray) -> dict[str, np.ndarray]:
         try:
-            values = session.run([o.name for o in outputs], merged_feed(names, piece))
+            with weights_given_back([path, path.with_name(path.name + ".data")], stored_bytes(path)):
+                values = session.run([o.name for o in outputs], merged_feed(names, piece))
         except Exception as e:
             raise MergeError(ExitCode.VERIFY_FAILED, path.name,
                              f"onnxruntime cannot run the merged model: {first_line(e)}") from None
