@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import BUILD, PYTHON, REPEATS, Row, machine, print_table
 
-SCRIPTS = ["startup", "merge_time", "default_path", "external_data", "inference", "data_read", "scaling"]
+SCRIPTS = ["startup", "merge_time", "default_path", "external_data", "inference", "data_read", "stack_rows", "scaling"]
 
 
 def main(names: list[str]) -> int:

@@ -1,6 +1,6 @@
 """`stack` on many rows: two small classifiers, N rows x 10 columns of CSV (issue 14: 1M rows <= 30 s, <= 1 GB).
 
-Prints the merge's wall time, its stages (`--json`), and the peak RSS of the merge process.
+Prints the merge's wall time, its stages (`--json`), and the peak RSS of the merge process (part of `make bench`).
 Usage: .venv/bin/python benchmarks/stack_rows.py [--rows 1000000] [--learner auto]
 """
 
@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from common import MiB, Row, emit, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "stack_rows"
 MERGE_MODELS = str(Path(sys.executable).with_name("merge-models"))
+SECONDS, RSS_MB = 30.0, 1000  # issue 14: stack on 1M rows x 10 columns, two small classifiers
 
 
 def make(rows: int) -> Path:
@@ -64,19 +63,19 @@ target = "y"
 passthrough = "all"
 learner = "{args.learner}"
 """)
-    started = time.perf_counter()
-    done = subprocess.run([MERGE_MODELS, "merge", "--map", str(mapping), "--out", str(BUILD / "merged.onnx"), "--json"],
-                          capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    peak, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
-    if done.returncode != 0:
-        sys.exit(f"merge failed ({done.returncode}): {done.stderr}")
-    doc = json.loads(done.stdout)
+    run = run_child([MERGE_MODELS, "merge", "--map", str(mapping), "--out", str(BUILD / "merged.onnx"), "--json"],
+                    check=False)
+    if run.code != 0:
+        sys.exit(f"merge failed ({run.code}): {run.stderr}")
+    doc = json.loads(run.stdout)
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in doc["stages"].items())
-    print(f"stack on {args.rows} rows x 10 columns, learner {args.learner}: {seconds:.1f} s (target <= 30 s), "
-          f"peak RSS {peak:.0f} MB (target <= 1024 MB), CPU {cpu:.1f} s; chosen {doc['stack']['chosen']}")
-    print(f"stages: {stages}")
+    what = f"stack on {args.rows // 1000}k rows x 10 columns, learner {args.learner}"
+    emit([
+        Row("10 rows", f"{what}: time", run.seconds, "s", f"<= {SECONDS:g} s", run.seconds <= SECONDS,
+            detail=f"stages: {stages}; chosen {doc['stack']['chosen']}"),
+        Row("10 rows", f"{what}: peak RSS", run.peak_rss / MiB, "MiB", f"<= {RSS_MB} MB",
+            run.peak_rss <= RSS_MB * 1e6, detail=f"anonymous {run.peak_anon / MiB:.0f} MiB"),
+    ])
 
 
 if __name__ == "__main__":
