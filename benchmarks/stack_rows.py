@@ -73,7 +73,7 @@ learner = "{args.learner}"
     emit([
         Row("10 rows", f"{what}: time", run.seconds, "s", f"<= {SECONDS:g} s", run.seconds <= SECONDS,
             detail=f"stages: {stages}; chosen {doc['stack']['chosen']}"),
-        Row("10 rows", f"{what}: peak RSS", run.peak_rss / MiB, "MiB", f"<= {RSS_MB} MB",
+        Row("10 rows", f"{what}: peak RSS", run.peak_rss / 1e6, "MB", f"<= {RSS_MB} MB",
             run.peak_rss <= RSS_MB * 1e6, detail=f"anonymous {run.peak_anon / MiB:.0f} MiB"),
     ])
 

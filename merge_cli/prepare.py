@@ -92,9 +92,9 @@ def fit(spec: FeatureMapping, parts: list[Part], rows: Rows) -> StackModel:
     if usable.sum() < 2 * folds:
         raise bad_input(rows.path, f"{int(usable.sum())} rows with a target; stack needs at least {2 * folds} "
                         f"for {folds}-fold cross-validation", "give more rows, or fewer folds (folds = ...)")
-    keep = np.flatnonzero(usable)
+    keep = slice(None) if usable.all() else np.flatnonzero(usable)  # no copies when every row has a target
     # passthrough columns come from one float table; records of typed inputs have none (check_typed_support)
-    table = x[keep].astype(np.float64) if x.dtype.names is None else np.zeros((len(keep), 0))
+    table = x[keep] if x.dtype.names is None else np.zeros((int(usable.sum()), 0))
     try:
         return fit_stack(task, [o[keep] for o in outputs], table, y[keep],  # type: ignore[arg-type]
                          [p.name for p in parts], spec.combiner.passthrough, spec.combiner.alpha, folds, k,

@@ -162,3 +162,25 @@ def test_the_pool_is_a_convex_mix_of_log_probabilities_that_leans_on_the_better_
 
 def loss_of(prior: stacking.Prior, x: np.ndarray, y: np.ndarray) -> float:
     return float(stacking.loss("classification", stacking.softmax(x @ prior.weights + prior.intercept), y).mean())
+
+
+def test_the_linear_fit_uses_at_most_fit_rows_of_the_usable_rows() -> None:
+    """Beyond FIT_ROWS the fit is made on a seeded sample: time and memory stop growing with the rows,
+    rows with a non-finite output, passthrough cell or target are dropped first and counted."""
+    n = stacking.FIT_ROWS + 300
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((n, 2))
+    y = rows[:, 0] + 0.5 * rows[:, 1] + 0.1 * rng.standard_normal(n)
+    outputs = [rows[:, :1] + 0.3 * rng.standard_normal((n, 1)), rows[:, 1:] + 0.3 * rng.standard_normal((n, 1))]
+    outputs[0][:100] = np.nan
+    rows[100:150, 1] = np.inf
+    y[150:200] = np.nan
+    model = stacking.fit_stack("regression", outputs, rows, y, ["a", "b"], (1,), None, 5, 1, "linear")
+    assert model.dropped == 200 and model.rows == stacking.FIT_ROWS and model.chosen == "stack"
+    again = stacking.fit_stack("regression", outputs, rows, y, ["a", "b"], (1,), None, 5, 1, "linear")
+    assert again.linear is not None and model.linear is not None
+    np.testing.assert_array_equal(again.linear.coef, model.linear.coef)  # the same sample: the same model
+    test = slice(200, 2200)
+    predicted = stacking.apply(model, [o[test] for o in outputs], rows[test])[:, 0]
+    # the best linear use of these features: 0.5 * the passthrough column + 0.917 * a, RMSE 0.304
+    assert np.sqrt(np.mean((predicted - y[test]) ** 2)) < 0.32
