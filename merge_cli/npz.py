@@ -111,7 +111,7 @@ def read_npz(path: Path, blob: bytes, inputs: Sequence[MergedInput],
             raise bad_input(path, f"{target} has shape {list(y.shape)}; one target per row is needed")
         if y.dtype.kind not in "fiubUS":
             raise bad_input(path, f"{target} has dtype {y.dtype}; numbers or strings are needed")
-        values = y.astype(str).astype(object) if y.dtype.kind in "US" else y.astype(np.float64)
+        values = _text(path, target, y) if y.dtype.kind in "US" else y.astype(np.float64)
     rows_of = {len(v) for v in features.values()}
     if len(rows_of) > 1:
         raise bad_input(path, f"its arrays hold different numbers of rows ({', '.join(map(str, sorted(rows_of)))})")
@@ -145,7 +145,18 @@ def _npz_cells(path: Path, name: str, rows: np.ndarray, text: bool) -> np.ndarra
     if text:
         if rows.dtype.kind not in "US":
             raise bad_input(path, f"{name} has dtype {rows.dtype}; the input takes strings")
-        return rows.astype(str).astype(object)
+        return _text(path, name, rows)
     if rows.dtype.kind not in "fiub":
         raise bad_input(path, f"{name} has dtype {rows.dtype}; numbers are needed")
     return rows.astype(np.float64)
+
+
+def _text(path: Path, name: str, array: np.ndarray) -> np.ndarray:
+    """Strings as str objects; bytes (dtype S) decoded as UTF-8 (astype(str) decodes ASCII and raised on
+    the first other byte, exit 70)."""
+    if array.dtype.kind == "S":
+        try:
+            array = np.char.decode(array, "utf-8")
+        except UnicodeDecodeError as e:
+            raise bad_input(path, f"{name} holds bytes that are not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return array.astype(str).astype(object)

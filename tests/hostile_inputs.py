@@ -165,6 +165,12 @@ def data_parquet_target_of_bytes_that_are_not_utf8(d: Path) -> list[str]:
     return _with_data(d, "rows.parquet", _rows_with([b"\xff\xfe", b"a"], "binary"))
 
 
+@case(ExitCode.BAD_INPUT, "rows.npz", "y holds bytes that are not UTF-8 text", json=True)
+def data_npz_target_of_bytes_that_are_not_utf8(d: Path) -> list[str]:
+    """A dtype S array was decoded as ASCII: UnicodeDecodeError, exit 70."""
+    return _with_data(d, "rows.npz", lambda p: np.savez(p, X=np.ones((2, 4)), y=np.array([b"\xff", b"a"])))
+
+
 # ---------------------------------------------------------------------------- numbers past what Python converts
 
 _doc("mapping_weight_past_the_largest_float", ExitCode.BAD_INPUT, "models.a.weight: must be a finite number, not "
