@@ -231,9 +231,9 @@ def inspect(
 def init(
     models: Annotated[list[Path], typer.Argument(help="The model files to merge (one or more).", show_default=False,
                                                  metavar="MODEL...")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The mapping file to write ('-' prints it; its folder "
-                                                          "is made if missing).", metavar="FILE")]
-    = Path("features.toml"),
+    out: Annotated[str, typer.Option("--out", "-o", help="The mapping file to write ('-' prints it; its folder "
+                                                         "is made if missing).", metavar="FILE")]
+    = "features.toml",
     columns_from: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--columns-from", help="A CSV file whose header names the columns (the models read them in turn); "
                                "default: placeholder names <model>_<i>.", show_default=False, metavar="CSV")] = None,
@@ -252,16 +252,18 @@ def init(
     def job() -> dict[str, Any]:
         from .errors import usage
         from .starter import starter_mapping, write_starter
+        from .writing import output_path
 
-        to_stdout = str(out) == "-"
+        to_stdout = out == "-"
         if to_stdout and json_output:
             raise usage(None, "--out - prints the mapping on stdout, where --json prints its document",
                         "give --out FILE with --json")
-        starter = starter_mapping(models, None if to_stdout else out, columns_from)
-        if to_stdout:
+        path = None if to_stdout else output_path(out, "features.toml")  # a str: Path() drops a trailing '/'
+        starter = starter_mapping(models, path, columns_from)
+        if path is None:
             _to_stdout(sys.stdout.write, starter.text)
         else:
-            write_starter(starter, out, force)
+            write_starter(starter, path, force)
             if not quiet and not json_output:
                 from . import summaries
 

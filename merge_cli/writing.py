@@ -23,13 +23,16 @@ PATH_MAX = 4096  # Linux's; the staging folder's name (_STAGING_NAME_MAX) comes 
 _STAGING_NAME_MAX = 96
 
 
-def output_path(out: str | os.PathLike[str]) -> Path:
+def output_path(out: str | os.PathLike[str], example: str = "merged.onnx") -> Path:
     """--out as a file path: 'newdir/' names a directory (Path() would drop the slash and write a file
     named newdir), and a path the system cannot open is refused before any work."""
     text = os.fspath(out)
     if text.endswith(("/", os.sep)):
         raise cannot_write(text, "ends with '/', so it names a directory; --out is the file to write",
-                           f"give a file name, e.g. --out {text}merged.onnx")
+                           f"give a file name, e.g. --out {text}{example}")
+    if os.path.basename(text) in ("", ".", ".."):  # Path('new/.') is Path('new'): a file named new, as 'new/' was
+        raise cannot_write(text or "''", "names a directory; --out is the file to write",
+                           f"give a file name, e.g. --out {example}")
     path = Path(text)
     if len(os.fsencode(os.path.abspath(data_path(path)))) + _STAGING_NAME_MAX >= PATH_MAX:
         raise cannot_write(text, f"the path is too long (over {PATH_MAX} bytes with '.data' added for external "

@@ -246,6 +246,20 @@ def output_an_existing_directory_with_a_trailing_slash(d: Path) -> list[str]:
     return [*args[:-3], f"{d}/newdir/", *args[-2:]]
 
 
+@case(ExitCode.CANNOT_WRITE, "newdir/.", "names a directory", hint=True, json=True)
+def output_a_folder_and_a_dot(d: Path) -> list[str]:
+    """Path('newdir/.') is Path('newdir'): a file named newdir was written; '.' and '' were exit 70."""
+    args = two_regressors(d)
+    return [*args[:-3], f"{d}/newdir/.", *args[-2:]]
+
+
+@case(ExitCode.CANNOT_WRITE, "newdir/", "names a directory", hint=True)
+def init_out_with_a_trailing_slash(d: Path) -> list[str]:
+    """init's --out was a typer Path, which drops the slash: it wrote a file named newdir."""
+    save(make_regressor(), d / "a.onnx")
+    return ["init", str(d / "a.onnx"), "--out", f"{d}/newdir/"]
+
+
 @case(ExitCode.CANNOT_WRITE, "/".join(["x" * 200] * 25), "the path is too long", hint=True)
 def output_longer_than_path_max(d: Path) -> list[str]:
     two_regressors(d)
