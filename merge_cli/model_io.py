@@ -135,12 +135,12 @@ def resolve_external_data(model: ModelProto, path: Path) -> list[Path]:
     """
     # The model's folder, absolute and resolved: never "" (onnx 1.23 skips its symlink guard for an empty base).
     base = Path(os.path.abspath(path)).parent.resolve()
-    files: dict[Path, None] = {}
+    files: dict[Path, int] = {}  # each file and how many of its bytes the tensors read
     for tensor, top_level in list(iter_tensors(model)):
         if tensor.data_location != _EXTERNAL or ref_of(tensor) is not None:
             continue
         ref = external_range(tensor, base, path)
-        files[Path(ref.path)] = None
+        files[Path(ref.path)] = files.get(Path(ref.path), 0) + ref.length
         if top_level:
             del tensor.external_data[:]
             for key, value in (("location", reference_location(ref.path)), ("offset", str(ref.offset)),
@@ -154,7 +154,23 @@ def resolve_external_data(model: ModelProto, path: Path) -> list[Path]:
                 raise bad_input(path, f"tensor {tensor.name!r}: cannot read its external data: {e}") from None
             del tensor.external_data[:]
             tensor.ClearField("data_location")
+    for file, read in files.items():
+        check_data_file_size(file, read, path)
     return list(files)
+
+
+def check_data_file_size(file: Path, read: int, model_path: Path) -> None:
+    """Refuse a data file far larger than what the model reads of it: provenance hashes the whole file
+    (a 3.6 kB model whose a.bin was extended to a sparse 1 TiB hashed zeros for ten minutes). Several
+    models sharing one file of weights stay well under the bound."""
+    size = file.stat().st_size
+    if size > MAX_UNREAD_FACTOR * read + MAX_UNREAD_BYTES:
+        raise bad_input(model_path, f"external data file {file.name!r} is {size} bytes but the model's tensors read "
+                        f"{read} bytes of it", "keep each model's weights in a file of its own "
+                        "(onnx.save_model(..., location=...))")
+
+
+MAX_UNREAD_FACTOR, MAX_UNREAD_BYTES = 16, 256 << 20  # a data file may hold 16x what the model reads, + 256 MiB
 
 
 def external_range(tensor: TensorProto, base: Path, model_path: Path) -> ByteRange:

@@ -438,6 +438,22 @@ HOSTILE_CASES += [
 ]
 
 
+def _sparse_terabyte_of_data(d: Path) -> list[str]:
+    """a.bin holds the 3.6 kB the model reads, then is extended (sparse) to 1 TiB: provenance hashed all of
+    it (ten minutes of zeros) before the merge could finish."""
+    def write(p: Path) -> None:
+        external_mlp(d)
+        with open(d / "a.bin", "r+b") as f:
+            f.truncate(2**40)
+
+    return with_a(d, write)
+
+
+HOSTILE_CASES.append(Case("external_data_file_of_a_sparse_terabyte", _sparse_terabyte_of_data, ExitCode.BAD_INPUT,
+                          "a.onnx", "external data file 'a.bin' is 1099511627776 bytes but the model's tensors read",
+                          hint=True, json=True))
+
+
 def changed_external_weights(d: Path) -> list[str]:
     """a.onnx reads its weights from a.bin; a.bin changes after the merge, a.onnx does not."""
     from merge_cli.cli import main
