@@ -16,10 +16,11 @@ from .parts import Part, checked_model
 
 def read_user_graph(path: Path, mapping: FeatureMapping) -> UserGraph:
     """Load `[combiner] path` safely; its inputs must be named after the models (or the merged input)."""
-    from .model_io import load_model
+    from .model_io import check_model, load_model
 
     loaded = load_model(path)
     model = checked_model(loaded)
+    check_model(model, path, full=True)  # declared shapes its own nodes contradict: else the merged file is blamed
     names = [m.name for m in mapping.models]
     inputs = []
     for vi in fed_inputs(model.graph):
@@ -60,7 +61,7 @@ def build_onnx(user: UserGraph | None, heads: list[Head], b: Builder) -> None:
         if info.name in by_model:
             h = by_model[info.name]
             fed = cast(b, h.tensor, h.elem_type, info.elem_type, f"combiner.{h.model}")
-            check_input_rank(info, h.shape, user.part.source.path, h.model)
+            check_input_shape(info, h.shape, user.part.source.path, h.model)
         else:
             fed = cast(b, b.input_name, b.input_type, info.elem_type, "combiner.input")
         b.graph.nodes.append(helper.make_node("Identity", [fed], [p + info.name],
@@ -76,9 +77,16 @@ def build_onnx(user: UserGraph | None, heads: list[Head], b: Builder) -> None:
         b.output(b.rename(p + out.name, out.name), out.elem_type, out.shape)
 
 
-def check_input_rank(info: TensorInfo, shape: Shape, path: Path, model: str) -> None:
-    if info.shape is not None and shape is not None and len(info.shape) != len(shape):
+def check_input_shape(info: TensorInfo, shape: Shape, path: Path, model: str) -> None:
+    """The combiner's input fits the model's head: same rank, and the same size wherever both fix one
+    (a mismatch found later would fail the merged graph's checker and blame the output file)."""
+    if info.shape is None or shape is None:
+        return
+    if len(info.shape) != len(shape):
         raise incompatible(path, f"the combiner's input {model!r} has rank {len(info.shape)}, "
+                           f"but {model} gives {head_shape_text(shape)}", "declare the input with the model's output shape")
+    if any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(info.shape[1:], shape[1:], strict=True)):
+        raise incompatible(path, f"the combiner's input {model!r} is {head_shape_text(info.shape)}, "
                            f"but {model} gives {head_shape_text(shape)}", "declare the input with the model's output shape")
 
 

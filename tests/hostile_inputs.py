@@ -192,6 +192,29 @@ def mapping_is_a_symlink_loop(d: Path) -> list[str]:
     return merge_args(d, "loop.toml")
 
 
+# ---------------------------------------------------------------------------- an onnx combiner whose shapes do not fit
+
+
+def _combiner_of(inputs: list[Any], output: list[Any]) -> Callable[[Path], list[str]]:
+    """[combiner] kind = "onnx": s = a + b, with a and b declared `inputs` and s declared `output`."""
+    def build(d: Path) -> list[str]:
+        graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["s"])], "c",
+                                  [helper.make_tensor_value_info(n, TensorProto.FLOAT, inputs) for n in "ab"],
+                                  [helper.make_tensor_value_info("s", TensorProto.FLOAT, output)])
+        save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), d / "c.onnx")
+        return two_regressors(d, doc=mapping_doc(combiner={"kind": "onnx", "path": "c.onnx"}))
+
+    return build
+
+
+HOSTILE_CASES += [  # both failed the merged graph's checker: exit 3 blaming the output file
+    Case("onnx_combiner_input_wider_than_the_model_output", _combiner_of(["N", 3], ["N", 3]), ExitCode.INCOMPATIBLE,
+         "c.onnx", "the combiner's input 'a' is [N, 3], but a gives [N, 1]", hint=True, json=True),
+    Case("onnx_combiner_output_its_nodes_contradict", _combiner_of(["N", 1], ["N", 10**12]), ExitCode.BAD_INPUT,
+         "c.onnx", "fails onnx.checker"),
+]
+
+
 # ---------------------------------------------------------------------------- declared sizes no model runs on
 
 
