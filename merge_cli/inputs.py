@@ -77,8 +77,13 @@ class MergedInputs:
         """Column number -> its table and its index there."""
         return tuple((t, i) for t in self.tables for i in range(len(t.columns)))
 
+    @functools.cached_property
+    def by_name(self) -> dict[str, MergedInput]:
+        """Name -> merged input (a search per lookup made 16,000 tables take 6 s in the merge summary)."""
+        return {i.name: i for i in self.items}
+
     def named(self, name: str) -> MergedInput | None:
-        return next((i for i in self.items if i.name == name), None)
+        return self.by_name.get(name)
 
     def dtype_of(self, column: int) -> InputDtype:
         return self.owners[column][0].dtype

@@ -186,3 +186,25 @@ def test_layers_are_as_few_as_the_routes_overlap_and_a_split_needs_many_routes_r
     assert worth_a_split(many, 2 * MANY_ROUTES)
     assert not worth_a_split(many, 2 * MANY_ROUTES + 1)  # a Split would copy more unread columns than read
     assert not worth_a_split(many[1:], MANY_ROUTES)  # a Slice each is as fast for a few
+
+
+def test_a_whole_table_in_order_is_an_identity(cli, tmp_path: Path) -> None:
+    """onnxruntime opens 16,000 one-column Slices in 8.5 s, as many Identities in 0.4 s (a mapping of
+    one-column [inputs.*] tables, one per model input)."""
+    identity(tmp_path / "a.onnx", 3, 17)
+    identity(tmp_path / "b.onnx", 2, 17)
+    mapping = write_mapping(tmp_path / "map.json", {
+        "inputs": {"left": {"columns": ["l0", "l1", "l2"]}, "right": {"columns": ["r0", "r1", "r2"]}},
+        "models": {"a": {"path": "a.onnx", "columns": ["l0", "l1", "l2"]},  # all of left, in order
+                   "b": {"path": "b.onnx", "columns": ["r0", "r1"]}},  # a run of right: a Slice
+        "combiner": {"kind": "concat"},
+    })
+    out = tmp_path / "merged.onnx"
+    result = cli("merge", "--map", mapping, "--out", out)
+    assert result.code == 0, result.stderr
+    graph = onnx.load(out).graph
+    assert sorted((n.op_type, n.input[0]) for n in graph.node if {"left", "right"} & set(n.input)) == [
+        ("Identity", "left"), ("Slice", "right")]
+    left, right = features(6)[:, :3], features(6)[:, 4:]
+    got = run_model(out, {"left": left, "right": right})["prediction"]
+    np.testing.assert_array_equal(got.view(np.uint32), np.concatenate([left, right[:, :2]], axis=1).view(np.uint32))
