@@ -151,6 +151,17 @@ def _format(path: Path) -> str:
     return suffix
 
 
+def header_line(path: Path) -> bytes:
+    """A text file's first line, at most MAX_HEADER bytes of it (more is refused), through the same guards
+    as --data files (no devices, pipes, procfs or sysfs files): init --columns-from reads its header so."""
+    with _open(path) as f:
+        line = f.readline(MAX_HEADER + 1)
+    if len(line) > MAX_HEADER:
+        raise bad_input(path, f"the header line is longer than {MAX_HEADER >> 20} MiB",
+                        "the first line must name the columns")
+    return line
+
+
 def _open(path: Path) -> io.BufferedReader:
     """The file opened for reading once it is known to be a regular file (O_NONBLOCK: opening a FIFO
     would wait for a writer)."""

@@ -170,23 +170,25 @@ def _routes(info: ModelInfo) -> tuple[list[tuple[str | None, list[str]]], bool]:
 
 def read_header(path: Path) -> list[str]:
     """The column names in the first line of a CSV file (a .tsv: tab-separated)."""
+    import collections
     import csv
 
-    if not path.is_file():
-        raise bad_input(path, "no such file" if not path.exists() else "is not a regular file",
-                        "--columns-from takes a CSV file whose first line names the columns")
+    from .data import header_line
+
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        text = header_line(path).decode("utf-8-sig")
+        header = next(csv.reader([text.rstrip("\r\n")], delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
+    except (UnicodeDecodeError, csv.Error) as e:
         raise bad_input(path, f"cannot read the header: {e}") from None
     header = [name.strip() for name in header]
     if not header or not all(header):
         raise bad_input(path, "has no header row naming every column",
                         "--columns-from takes a CSV file whose first line names the columns")
-    repeated = sorted({n for n in header if header.count(n) > 1})
+    counts = collections.Counter(header)  # header.count per name took hours on a 2M-column header
+    repeated = sorted(n for n, k in counts.items() if k > 1)
     if repeated:
-        raise bad_input(path, f"the header names {', '.join(map(repr, repeated))} more than once")
+        raise bad_input(path, f"the header names {', '.join(map(repr, repeated[:5]))}"
+                        f"{f' (and {len(repeated) - 5} more)' if len(repeated) > 5 else ''} more than once")
     return header
 
 
@@ -221,7 +223,8 @@ def name_from_header(models: list[StarterModel], header: list[str], path: Path) 
     unused = [c for c in header if c not in used]
     notes = [f"column names from the header of {path.name}"]
     if unused:
-        notes.append(f"not read by any model: {', '.join(unused)} (merge --data ignores such columns; "
+        shown = ", ".join(unused[:10]) + (f" and {len(unused) - 10} more" if len(unused) > 10 else "")
+        notes.append(f"not read by any model: {shown} (merge --data ignores such columns; "
                      "a target is named by --target)")
     return models, notes
 
@@ -420,3 +423,5 @@ def _place_new(tmp: Path, out: Path) -> None:
         if out.exists():
             raise cannot_write(out, "already exists", "pass --force to replace it") from None
         os.replace(tmp, out)
+    else:
+        tmp.unlink()  # the link is the file now; the temporary name was left beside it on every run

@@ -283,6 +283,15 @@ def init_out_with_a_trailing_slash(d: Path) -> list[str]:
     return ["init", str(d / "a.onnx"), "--out", f"{d}/newdir/"]
 
 
+@case(ExitCode.BAD_INPUT, "header.csv", "not a regular file", hint=True)
+def init_columns_from_procfs(d: Path) -> list[str]:
+    """--columns-from read /proc/self/environ (the process's environment) as a header; its error lines
+    could show names from it. It is read through --data's guards now."""
+    save(make_regressor(), d / "a.onnx")
+    (d / "header.csv").symlink_to("/proc/self/environ")
+    return ["init", str(d / "a.onnx"), "--columns-from", str(d / "header.csv"), "--out", str(d / "f.toml")]
+
+
 @case(ExitCode.CANNOT_WRITE, "/".join(["x" * 200] * 25), "the path is too long", hint=True)
 def output_longer_than_path_max(d: Path) -> list[str]:
     two_regressors(d)

@@ -74,6 +74,7 @@ def test_init_names_the_columns_from_a_csv_header(cli, tmp_path: Path) -> None:
     assert doc["models"]["model_a"]["columns"] == header[:15]
     assert doc["models"]["model_b"]["columns"] == header[15:30]
     assert "not read by any model: target" in result.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["features.toml"]  # its temporary name was left beside it
     merged = cli("merge", "--map", mapping, "--out", tmp_path / "m.onnx", "--data", ROWS, "--json")
     assert merged.code == 0, merged.stderr
     assert merged.json["scores"]["models"][-1]["accuracy"] == pytest.approx(0.9532, abs=1e-4)  # as samples/features.toml
@@ -92,6 +93,8 @@ def test_init_columns_from_same_width_models_share_the_first_columns(cli, tmp_pa
     ("a,b,c\n", "the header has 3 columns; the models read 15 + 15 = 30 in turn"),
     ("", "has no header row"),
     ("a,a" + ",x" * 40 + "\n", "more than once"),
+    ("," * (17 << 20) + "\n", "the header line is longer than 16 MiB"),  # was read whole
+    (",".join(["x"] * 1_000_000) + "\n", "the header names 'x' more than once"),  # was counted name by name: hours
 ])
 def test_init_columns_from_errors(cli, tmp_path: Path, header: str, message: str) -> None:
     csv = tmp_path / "h.csv"
