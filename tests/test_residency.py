@@ -54,6 +54,27 @@ def test_dropping_a_private_mapping_gives_its_pages_back_and_keeps_its_bytes(tmp
 
 
 @linux_only
+def test_a_mapping_read_part_way_or_written_to_is_left_alone(tmp_path: Path) -> None:
+    """Only a mapping read through (every page resident) and never written is dropped: one still being
+    read would fault its pages back in, and a written page would lose what was written."""
+    path = tmp_path / "w.bin"
+    np.zeros(1 << 23, dtype=np.float32).tofile(path)  # 32 MiB: more than the kernel maps around one fault
+    madvise = _madvise()
+    assert madvise is not None
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    view = np.frombuffer(mapped, dtype=np.float32)
+    assert view[:1024].sum() == 0  # its first page read
+    assert drop_mapped({os.path.realpath(path)}, madvise) == 0 and resident_kib(path) > 0
+    assert view.sum() == 0  # read through
+    mapped[:4] = np.float32(7).tobytes()  # one page written: a private copy of it
+    assert drop_mapped({os.path.realpath(path)}, madvise) == 0
+    assert view[0] == 7 and resident_kib(path) > 16 << 10  # (the kernel may unmap the rest of a large folio it split)
+    del view
+    mapped.close()
+
+
+@linux_only
 def test_pages_are_given_back_while_the_block_runs(tmp_path: Path) -> None:
     path = tmp_path / "w.bin"
     np.ones(1 << 19, dtype=np.float32).tofile(path)
