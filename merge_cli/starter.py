@@ -60,6 +60,7 @@ class Starter:
     notes: list[str] = field(default_factory=list)
     header_notes: list[str] = field(default_factory=list)  # from --columns-from, shown at the top
     inputs: StarterInputs | None = None  # [inputs.*] instead of [input]: strings, integer codes or tensors
+    columns_from: Path | None = None  # the --columns-from file: an input --out must not replace
 
     @property
     def placeholders(self) -> int:
@@ -121,7 +122,7 @@ def starter_mapping(paths: list[Path], out: Path | None, columns_from: Path | No
             models, header_notes = name_from_header(models, read_header(columns_from), columns_from)
     columns = list(dict.fromkeys(c for m in models for c in m.columns))
     combiner, notes = _choose_combiner(models)
-    starter = Starter(out, "", columns, dtype, models, combiner, notes, header_notes, inputs)
+    starter = Starter(out, "", columns, dtype, models, combiner, notes, header_notes, inputs, columns_from)
     starter.text = render(starter)
     check_starter(starter, base)
     return starter
@@ -391,7 +392,7 @@ def check_starter(starter: Starter, base: Path) -> None:
 def write_starter(starter: Starter, out: Path, force: bool) -> None:
     """Write the file atomically; refuse to replace an existing file unless `force`."""
     inputs = [m.info.path for m in starter.models] + [p for m in starter.models for p, _ in m.info.external_data]
-    check_output_path(out, inputs)
+    check_output_path(out, inputs + ([starter.columns_from] if starter.columns_from else []))
     if out.exists() and not force:
         raise cannot_write(out, "already exists", "pass --force to replace it, or choose another --out")
     made = make_folders(out.parent)  # `--out build/features.toml` on a fresh clone, as for merge

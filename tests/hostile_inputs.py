@@ -292,6 +292,15 @@ def init_columns_from_procfs(d: Path) -> list[str]:
     return ["init", str(d / "a.onnx"), "--columns-from", str(d / "header.csv"), "--out", str(d / "f.toml")]
 
 
+@case(ExitCode.CANNOT_WRITE, "header.csv", "would overwrite the input", hint=True)
+def init_out_is_its_columns_from_file(d: Path) -> list[str]:
+    """With --force, init replaced the CSV it had just read the column names from."""
+    save(make_regressor(), d / "a.onnx")
+    (d / "header.csv").write_text("A,B,y\n")
+    return ["init", str(d / "a.onnx"), "--columns-from", str(d / "header.csv"), "--out", str(d / "header.csv"),
+            "--force"]
+
+
 @case(ExitCode.CANNOT_WRITE, "/".join(["x" * 200] * 25), "the path is too long", hint=True)
 def output_longer_than_path_max(d: Path) -> list[str]:
     two_regressors(d)
