@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,45 @@ def read_document(path: Path) -> dict[str, Any]:
         raise bad_input(path, f"invalid {suffix[1:].upper()}: {str(e).split(';')[0]}") from None
     if not isinstance(doc, dict):
         raise bad_input(path, f"the top level must be a table/object, not {_kind(doc)}")
+    if _SURROGATE_ESCAPE.search(text):  # the only way a surrogate gets in: valid UTF-8 holds none
+        _refuse_surrogates(doc, path)
     return doc
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\(u|U0000)[dD][89a-fA-F]")  # JSON/YAML "\ud800", YAML "\U0000d800"
+
+
+def _refuse_surrogates(doc: dict[str, Any], path: Path) -> None:
+    """JSON may spell a lone UTF-16 surrogate ("\\ud800"): no UTF-8 encoding exists for it, so a column or
+    input name holding one failed when the merged file was written (exit 70). Refused here, by key.
+
+    One encode of the whole document finds whether there is one (0.1 s for 1.3M column names; a walk
+    over every string took 1.3 s); only then is the key looked for."""
+    try:
+        json.dumps(doc, ensure_ascii=False, default=str).encode("utf-8")
+        return
+    except RecursionError:
+        raise bad_input(path, "nested too deeply to be a mapping file") from None
+    except UnicodeEncodeError:
+        pass
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            texts = [value]
+        elif isinstance(value, dict):
+            texts = list(value)
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            texts = []
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
+        else:
+            continue
+        bad = next((t for t in texts if isinstance(t, str) and _SURROGATE.search(t)), None)
+        if bad is not None:
+            raise bad_input(path, f"{where or 'a key'}: {bad!r} holds a lone surrogate, which is not Unicode text",
+                            "save the file as UTF-8 text without \\ud800-\\udfff escapes")
 
 
 class _DocumentError(ValueError):

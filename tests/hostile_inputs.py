@@ -184,6 +184,15 @@ for _name, _text in [("map.toml", GOOD_TOML.replace('"version" = 1', f'"version"
                               ExitCode.BAD_INPUT, _name, "integer string conversion", json=_name == "map.json"))
 
 
+# "\ud800" (a lone UTF-16 surrogate) has no UTF-8 form: a column or input name with one failed when the
+# merged file was written, exit 70. An emoji's surrogate pair ("\ud83d\ude00") is one character and merges.
+for _name, _text in [("map.json", GOOD_JSON.replace('"A"', '"\\ud800"')),
+                     ("map.yaml", GOOD_YAML.replace("[A, B, C, D]", '["\\ud800", B, C, D]'))]:
+    assert "\\ud800" in _text
+    HOSTILE_CASES.append(Case(f"mapping_column_with_a_lone_surrogate_{_name[4:]}", _mapping_text(_name, _text),
+                              ExitCode.BAD_INPUT, _name, "holds a lone surrogate", hint=True, json=_name == "map.json"))
+
+
 @case(ExitCode.BAD_INPUT, "loop.toml", "too many levels of symbolic links")
 def mapping_is_a_symlink_loop(d: Path) -> list[str]:
     """It was 'no such mapping file' (Path.exists is False for a loop)."""
