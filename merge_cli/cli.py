@@ -23,7 +23,7 @@ import typer
 from typer.core import TyperCommand
 
 from . import __version__
-from .errors import ExitCode, MergeError, first_line, interrupt_code, one_line
+from .errors import ExitCode, MergeError, check_path_text, first_line, interrupt_code, one_line
 from .process import TERMINATING, interrupts_deferred, quiet_libraries, termination_as_interrupt
 from .request import DEFAULT_ATOL, DEFAULT_ROWS, DEFAULT_RTOL
 
@@ -169,6 +169,9 @@ def merge(
         from .request import MergeRequest, weights_of
         from .writing import output_path
 
+        for path in (map_file, data, *(models or ())):
+            check_path_text(path)
+        check_path_text(out, ExitCode.CANNOT_WRITE)
         request = MergeRequest(
             _mapping_file(map_file), output_path(out), tuple(models or ()), combiner=combiner,
             weights=weights_of(weights, from_cli=True),
@@ -217,6 +220,7 @@ def inspect(
     def job() -> dict[str, Any]:
         from .inspection import describe
 
+        check_path_text(model)
         info = describe(model)
         if not quiet and not json_output:
             from . import summaries
@@ -258,6 +262,10 @@ def init(
         if to_stdout and json_output:
             raise usage(None, "--out - prints the mapping on stdout, where --json prints its document",
                         "give --out FILE with --json")
+        for model_path in (*models, columns_from):
+            check_path_text(model_path)
+        if not to_stdout:
+            check_path_text(out, ExitCode.CANNOT_WRITE)
         path = None if to_stdout else output_path(out, "features.toml")  # a str: Path() drops a trailing '/'
         starter = starter_mapping(models, path, columns_from)
         if path is None:
@@ -299,6 +307,8 @@ def verify(
     def job() -> dict[str, Any]:
         from .recheck import verify_merged
 
+        check_path_text(merged)
+        check_path_text(data)
         with _progress(quiet or json_output) as progress:
             moved, folder = _sources(source or [])
             result = verify_merged(merged, data=data, sources=moved, sources_dir=folder, rows=rows, atol=atol,
@@ -323,6 +333,7 @@ def _sources(values: list[str]) -> tuple[dict[str, Path], Path | None]:
 
     moved, folder = {}, None
     for value in values:
+        check_path_text(value)
         name, sep, path = value.partition("=")
         if not sep and Path(value).is_dir():
             if folder is not None:

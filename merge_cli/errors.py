@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from enum import IntEnum
 from pathlib import Path
@@ -43,6 +44,19 @@ def shortened(text: str) -> str:
         return text
     head, tail = MAX_MESSAGE * 2 // 3, MAX_MESSAGE // 4
     return f"{text[:head]} [... {len(text) - head - tail} characters ...] {text[-tail:]}"
+
+
+def check_path_text(path: str | os.PathLike[str] | None, code: ExitCode = ExitCode.BAD_INPUT) -> None:
+    """Refuse a path that is not UTF-8 text (Linux allows any bytes in a name; Python keeps the others as
+    surrogates): provenance, --json and the merged file record paths as UTF-8, and failed on it (exit 70,
+    or a --json document that was not UTF-8). The folders above a relative path count too."""
+    if path is None:
+        return
+    try:
+        os.path.abspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MergeError(code, os.fspath(path), "the path is not UTF-8 text", "rename it (or the folder holding it): "
+                         "merge-models records and prints paths as UTF-8") from None
 
 
 def first_line(error: BaseException) -> str:

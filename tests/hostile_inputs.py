@@ -310,6 +310,22 @@ def init_out_is_its_columns_from_file(d: Path) -> list[str]:
             "--force"]
 
 
+# Linux allows any bytes in a file name; Python keeps the non-UTF-8 ones as surrogates, which provenance and
+# --json could not encode (exit 70; --data's name made a --json document that was not UTF-8). The error
+# line shows the name escaped ('\udcff.onnx'), so these cases check the message, not the file prefix.
+@case(ExitCode.BAD_INPUT, "", "the path is not UTF-8 text", hint=True, json=True)
+def model_argument_named_with_a_byte_that_is_not_utf8(d: Path) -> list[str]:
+    args = two_regressors(d)
+    (d / "\udcff.onnx").write_bytes((d / "a.onnx").read_bytes())
+    return [*args, str(d / "\udcff.onnx"), str(d / "b.onnx")]
+
+
+@case(ExitCode.CANNOT_WRITE, "", "the path is not UTF-8 text", hint=True)
+def output_named_with_a_byte_that_is_not_utf8(d: Path) -> list[str]:
+    args = two_regressors(d)
+    return [*args[:-3], str(d / "\udcfd.onnx"), *args[-2:]]
+
+
 @case(ExitCode.CANNOT_WRITE, "/".join(["x" * 200] * 25), "the path is too long", hint=True)
 def output_longer_than_path_max(d: Path) -> list[str]:
     two_regressors(d)
