@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import one_line
+from .errors import one_line, shortened
 from .graphs import shape_text
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ def print_inspect(info: ModelInfo) -> None:
         ["file", f"{_size(doc['bytes'])}{external}; "
                  + (f"{_plural(weights['count'], 'initializer')} ({_size(weights['bytes'])})" if weights["count"]
                     else "no initializers")],
-        ["producer", f"{doc['producer']['name'] or '?'} {doc['producer']['version']}".rstrip()],
+        ["producer", shortened(f"{doc['producer']['name'] or '?'} {doc['producer']['version']}".rstrip())],
         ["format", f"IR {doc['ir_version']}, opsets " + ", ".join(f"{d or 'ai.onnx'} {v}"
                                                                   for d, v in doc["opsets"].items())],
         ["graph", f"{_plural(doc['nodes'], 'node')}: {_preview(list(doc['ops']), 5, 'other op types')}"],

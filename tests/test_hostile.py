@@ -105,6 +105,11 @@ def test_inspect_escapes_control_characters_from_the_model(tmp_path: Path,
     assert "\x1b" not in out and "\x07" not in out
     assert "forged: line" in out and not any(line.startswith("forged") for line in out.splitlines())
     assert "\\x1b[2J" in out  # shown, escaped
+    model.producer_name = "P" * 1_000_000  # once printed as a 100 kB line
+    save(model, tmp_path / "a.onnx")
+    assert main(["inspect", str(tmp_path / "a.onnx")]) == ExitCode.OK
+    out = capfd.readouterr().out
+    assert "characters ...]" in out and max(map(len, out.splitlines())) < 1300
 
 
 def test_merge_summary_escapes_column_names(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
