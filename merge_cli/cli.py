@@ -169,9 +169,6 @@ def merge(
         from .request import MergeRequest, weights_of
         from .writing import output_path
 
-        for path in (map_file, data, *(models or ())):
-            check_path_text(path)
-        check_path_text(out, ExitCode.CANNOT_WRITE)
         request = MergeRequest(
             _mapping_file(map_file), output_path(out), tuple(models or ()), combiner=combiner,
             weights=weights_of(weights, from_cli=True),

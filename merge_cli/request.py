@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import usage
+from .errors import ExitCode, check_path_text, usage
 
 if TYPE_CHECKING:
     from .mapping import FeatureMapping
@@ -58,6 +58,10 @@ class MergeRequest:
             if not math.isfinite(value) or value < 0:
                 raise usage(None, f"{self.option(name)} must be a finite number >= 0, not {value}",
                             f"e.g. {self.option('atol', '1e-4')} {self.option('rtol', '1e-4')}")
+        if isinstance(self.mapping, Path):  # a merge (verify passes the mapping a merged file records)
+            for path in (self.mapping, self.data, *self.models):
+                check_path_text(path)
+            check_path_text(self.out, ExitCode.CANNOT_WRITE)
         if self.target is not None and self.data is None:
             raise usage(None, f"{self.option('target')} names a column of {self.option('data')}; "
                         f"give {self.option('data')} too")

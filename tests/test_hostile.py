@@ -267,3 +267,18 @@ def test_an_input_truncated_while_its_weights_are_copied_is_blamed(tmp_path: Pat
     err = capfd.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'a.bin'}: is shorter than when it was loaded"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_python_api_refuses_paths_that_are_not_utf8_too(tmp_path: Path) -> None:
+    """merge_cli.merge(out=b'\\xfd'-named) failed in onnxruntime's session config (TypeError), a model path so
+    in provenance (UnicodeEncodeError): MergeRequest checks every path it is given."""
+    import merge_cli
+
+    two_regressors(tmp_path)
+    for kwargs, code in [({"out": tmp_path / "\udcfd.onnx"}, ExitCode.CANNOT_WRITE),
+                         ({"out": tmp_path / "m.onnx", "models": [tmp_path / "\udcff.onnx", tmp_path / "b.onnx"]},
+                          ExitCode.BAD_INPUT)]:
+        with pytest.raises(merge_cli.MergeError) as e:
+            merge_cli.merge(tmp_path / "map.toml", rows=4, **kwargs)  # type: ignore[arg-type]
+        assert e.value.code == code and e.value.message == "the path is not UTF-8 text"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx", "map.toml"]
