@@ -69,6 +69,7 @@ class VerifyReport:
     seconds: float = 0.0
     runs: Outputs | None = field(default=None, repr=False, compare=False)  # not part of the report: for the scores
     tolerance_from: str | None = None  # why atol/rtol are above the ones asked for (verification.fitted_tolerances)
+    nonfinite_models: tuple[str, ...] = ()  # original models whose own outputs are NaN/inf on finite input rows
 
     @property
     def passed(self) -> bool:
@@ -105,9 +106,22 @@ class VerifyReport:
             else:
                 parts.append(f"{o.name}: max abs error {o.max_abs:.3g}, max rel error {o.max_rel:.3g}")
         why = f"; {self.tolerance_from}" if self.tolerance_from else ""
-        return ("merged outputs differ from the parts plus the combiner: " + "; ".join(parts)
-                + f" (atol={self.atol:g}, rtol={self.rtol:g}{why}; would pass with atol={self.max_abs:.3g} "
-                f"or rtol={self.max_rel:.3g})")
+        if any(o.nonfinite for o in bad) and self.nonfinite_models:
+            return (f"cannot be verified: {'; '.join(parts)}, where {' and '.join(self.nonfinite_models)} itself "
+                    "gives NaN or inf (NaN never counts as a match)")
+        text = "merged outputs differ from the parts plus the combiner: " + "; ".join(parts)
+        if all(o.problem is None for o in bad):  # only then would other tolerances change the verdict
+            return text + (f" (atol={self.atol:g}, rtol={self.rtol:g}{why}; would pass with "
+                           f"atol={self.max_abs:.3g} or rtol={self.max_rel:.3g})")
+        return text + f" (atol={self.atol:g}, rtol={self.rtol:g}{why})"
+
+    def hint(self) -> str:
+        if any(o.nonfinite for o in self.outputs if not o.passed) and self.nonfinite_models:
+            return (f"the random rows include values {' and '.join(self.nonfinite_models)} cannot take (a log or "
+                    "square root of a column that must be positive?); merge with --no-verify if that is expected")
+        if all(o.problem is None for o in self.outputs if not o.passed):
+            return "nothing was written; raise --atol/--rtol if the difference is acceptable"
+        return "nothing was written"
 
 
 def compare(name: str, got: np.ndarray, want: np.ndarray, atol: float, rtol: float,
@@ -236,4 +250,16 @@ def verify(
             check.passed, check.problem = False, shape_problems[name]
         checks.append(check)
     outputs = Outputs(rows, got, None if runs.fed_other_rows else runs.outputs)
-    return VerifyReport(len(rows), atol, rtol, checks, runs.seconds + time.perf_counter() - start, outputs)
+    nonfinite = tuple(p.name for p, o in zip(parts, part_outputs, strict=True)
+                      if not finite_where(o[p.head.name], finite_rows))
+    return VerifyReport(len(rows), atol, rtol, checks, runs.seconds + time.perf_counter() - start, outputs,
+                        nonfinite_models=nonfinite)
+
+
+def finite_where(values: np.ndarray, finite_rows: np.ndarray) -> bool:
+    """Every value on the rows whose inputs were finite is finite (non-float values always are)."""
+    if values.dtype.kind not in "fc":
+        return True
+    if not values.ndim or len(values) != len(finite_rows):
+        return bool(np.isfinite(values).all()) or not finite_rows.all()
+    return bool(np.isfinite(values[finite_rows]).all())

@@ -150,8 +150,7 @@ def verify_written(merged: Path, built: Built, references: Future[PartRuns] | No
     """The Verified stage: the written file against the original files plus the combiner, in onnxruntime."""
     report = verify_built(merged, built, references)
     if not report.passed:
-        error = MergeError(ExitCode.VERIFY_FAILED, built.request.out, report.failure(),
-                           "nothing was written; raise --atol/--rtol if the difference is acceptable")
+        error = MergeError(ExitCode.VERIFY_FAILED, built.request.out, report.failure(), report.hint())
         error.details = {"verification": report.to_dict()}
         raise error
     return report

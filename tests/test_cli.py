@@ -68,6 +68,31 @@ def test_exit_1_verification_failed_writes_nothing(cli, job: Path) -> None:
     assert_no_leftovers(job, set(before))
 
 
+# NaN wherever x @ w < 0: on about half of the random rows, in the original file as in the merged one.
+ROOTED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,2] x) => (float[N,1] y) <float[2,1] w = {1.0, -1.0}>
+{
+  t = MatMul(x, w)
+  y = Sqrt(t)
+}
+"""
+
+
+def test_exit_1_names_a_model_that_is_not_finite_on_the_random_rows_itself(cli, job: Path) -> None:
+    """NaN never counts as a match; the error says which original model gives it and does not offer
+    tolerances that could not help."""
+    save_text_model(job / "b.onnx", ROOTED)
+    result = cli("merge", "--map", job / "map.toml", "--out", job / "merged.onnx")
+    assert result.code == ExitCode.VERIFY_FAILED and len(result.error_lines) == 1, result.stderr
+    line = result.error_lines[0]
+    assert "cannot be verified: prediction:" in line and "non-finite values on finite input rows" in line
+    assert "where b itself gives NaN or inf" in line
+    assert "would pass with" not in line and "--atol" not in result.stderr
+    assert "--no-verify" in result.stderr
+    assert cli("merge", "--map", job / "map.toml", "--out", job / "merged.onnx", "--no-verify").code == ExitCode.OK
+
+
 def test_exit_1_keeps_an_existing_output(cli, job: Path) -> None:
     (job / "merged.onnx").write_bytes(b"previous")
     save_text_model(job / "b.onnx", NOISY)
