@@ -83,7 +83,7 @@ def open_session(source: Path | bytes, on_error: Callable[[str], MergeError],
     ort = runtime()
 
     if isinstance(source, bytes):
-        refuse_crashing_trees(source, on_error)
+        refuse_what_cannot_run(source, on_error)
     try:
         what = str(source) if isinstance(source, Path) else source
         return ort.InferenceSession(what, options or quiet_options(), providers=["CPUExecutionProvider"])
@@ -100,7 +100,7 @@ def file_session(path: Path, on_error: Callable[[str], MergeError],
     to MB, cut out of the file at the wire level, see wire.read_located_skeleton) with each large weight
     marked as external data at its own offset in the same file, so every byte it computes with is
     still the file's own. Either way it gets bytes, not the path, so that what would crash it is
-    refused first (refuse_crashing_trees). `weight_bytes`: the model's weights with its external data
+    refused first (refuse_what_cannot_run). `weight_bytes`: the model's weights with its external data
     files (default: the file's size and its `<name>.data`), which decide how many threads it gets.
     """
     from .wire import WireError, read_located_skeleton
@@ -165,14 +165,17 @@ MAX_TREE_DEPTH = 4096
 TREE_OPS = {"TreeEnsemble", "TreeEnsembleRegressor", "TreeEnsembleClassifier"}
 
 
-def refuse_crashing_trees(model_bytes: bytes, on_error: Callable[[str], MergeError]) -> None:
-    """Refuse, before onnxruntime sees it, a tree deeper than it can lay out without crashing.
+def refuse_what_cannot_run(model_bytes: bytes, on_error: Callable[[str], MergeError]) -> None:
+    """Refuse, before onnxruntime sees it, a tree deeper than it can lay out without crashing, and a
+    Loop it would never finish (loops.endless_loop).
 
-    Only a model that mentions a tree op at all is parsed for this (a substring test on its bytes).
+    Only a model that mentions a tree op or a Loop at all is parsed for this (a substring test on its bytes).
     """
-    if b"TreeEnsemble" not in model_bytes:
+    if b"TreeEnsemble" not in model_bytes and b"Loop" not in model_bytes:
         return
     from onnx import ModelProto
+
+    from .loops import endless_loop
 
     model = ModelProto()
     try:
@@ -188,6 +191,9 @@ def refuse_crashing_trees(model_bytes: bytes, on_error: Callable[[str], MergeErr
                 named = f" {node.name!r}" if node.name else ""
                 raise on_error(f"its {node.op_type}{named} has a tree {depth} levels deep; onnxruntime crashes "
                                f"laying out trees that deep (more than {limit} levels are refused)")
+    endless = endless_loop(model) if b"Loop" in model_bytes else None
+    if endless:
+        raise on_error(endless)
 
 
 def max_tree_depth() -> int:

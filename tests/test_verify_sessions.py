@@ -43,19 +43,24 @@ def test_a_tree_deep_enough_to_crash_onnxruntime_is_an_error_not_a_crash(tmp_pat
         <ir_version: 8, opset_import: ["" : 17]>
         plain (float[N, 1] x) => (float[N, 1] y) { y = Identity(x) }
     """)
+    line = refused_before_it_runs(tmp_path, "deep", "plain")
+    assert "12000 levels deep" in line and f"more than {MAX_TREE_DEPTH}" in line
+
+
+def refused_before_it_runs(tmp_path: Path, bad: str, good: str) -> str:
+    """Merge `bad`.onnx with `good`.onnx: exit 3 naming `bad`, nothing written; --no-verify merges them
+    (nothing runs the model then: the merge itself is fine). The error line."""
     mapping = write_mapping(tmp_path / "m.toml", {
         "version": 1, "input": {"columns": ["a", "b"]},
-        "models": {"deep": {"path": "deep.onnx", "columns": ["a"]}, "plain": {"path": "plain.onnx", "columns": ["b"]}},
+        "models": {bad: {"path": f"{bad}.onnx", "columns": ["a"]}, good: {"path": f"{good}.onnx", "columns": ["b"]}},
         "combiner": {"kind": "mean"}})
-
     result = run_console("merge", "--map", mapping, "--out", tmp_path / "out.onnx")
     assert result.code == ExitCode.BAD_INPUT, result.stderr
-    assert len(result.error_lines) == 1 and "deep.onnx" in result.error_lines[0]
-    assert "12000 levels deep" in result.error_lines[0] and f"more than {MAX_TREE_DEPTH}" in result.error_lines[0]
+    assert len(result.error_lines) == 1 and f"{bad}.onnx" in result.error_lines[0]
     assert "Traceback" not in result.stderr and not (tmp_path / "out.onnx").exists()
-
     unchecked = run_console("merge", "--map", mapping, "--out", tmp_path / "out.onnx", "--no-verify")
-    assert unchecked.code == 0, unchecked.stderr  # nothing runs the tree: the merge itself is fine
+    assert unchecked.code == 0, unchecked.stderr
+    return result.error_lines[0]
 
 
 def test_a_fixed_batch_is_run_in_pieces_and_every_row_compared(tmp_path: Path, cli) -> None:
@@ -164,3 +169,35 @@ def test_a_tree_as_deep_as_allowed_is_verified(tmp_path: Path) -> None:
     x = np.array([[0.5, 7.0], [MAX_TREE_DEPTH - 0.5, -1.0]], dtype=np.float32)
     got = run_model(tmp_path / "out.onnx", {"features": x})
     np.testing.assert_allclose(got["prediction"].ravel(), [(1 + 7.0) / 2, (MAX_TREE_DEPTH - 1.0) / 2])
+
+
+def loop_model(trips: int, cond_out: str) -> str:
+    """x + the number of iterations run: a Loop of `trips` iterations whose body hands back `cond_out` as its condition."""
+    return f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        looped (float[N, 1] x) => (float[N, 1] y)
+          <int64 trips = {{{trips}}}, bool go = {{1}}, float one = {{1.0}}> {{
+          total = Loop (trips, go, x)
+            <body = step (int64 i, bool cond_in, float[N, 1] acc) => (bool cond_out, float[N, 1] next) {{
+            cond_out = {cond_out}
+            next = Add(acc, one)
+          }}>
+          y = Identity(total)
+        }}
+    """
+
+
+@pytest.mark.parametrize("cond_out", ["Identity(cond_in)", "Constant <value = bool {1}> ()"])
+def test_a_loop_that_never_stops_is_refused_before_it_runs(tmp_path: Path, cond_out: str) -> None:
+    """A Loop of 10^15 iterations whose condition never turns false would hang verification: exit 3, at once."""
+    save_text_model(tmp_path / "endless.onnx", loop_model(10**15, cond_out))
+    save_text_model(tmp_path / "short.onnx", loop_model(3, cond_out))
+    assert "runs 1000000000000000 times" in refused_before_it_runs(tmp_path, "endless", "short")
+
+    mapping = write_mapping(tmp_path / "m2.toml", {
+        "version": 1, "input": {"columns": ["a", "b"]},
+        "models": {"one": {"path": "short.onnx", "columns": ["a"]}, "two": {"path": "short.onnx", "columns": ["b"]}},
+        "combiner": {"kind": "sum"}})
+    assert run_console("merge", "--map", mapping, "--out", tmp_path / "short_sum.onnx").code == 0
+    x = np.array([[1.0, 2.0]], dtype=np.float32)
+    np.testing.assert_allclose(run_model(tmp_path / "short_sum.onnx", {"features": x})["prediction"], [[1 + 3 + 2 + 3]])
