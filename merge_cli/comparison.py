@@ -194,16 +194,15 @@ class PartRuns:
     seconds: float
 
 
-def run_references(parts: list[Part], batches: list[np.ndarray],
+def run_references(parts: list[Part], rows: np.ndarray,
                    part_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> PartRuns:
-    """Run each original file on every batch as one set of rows (in pieces where a part fixes its batch size).
+    """Run each original file on the verification rows (in pieces: runtime.in_chunks).
 
-    `part_rows` turns the rows into what the parts are fed (gate fills NaN cells before the parts run).
+    `part_rows` turns each piece into what the parts are fed (gate fills NaN cells before the parts run).
     Each session is closed before the next opens: only one part's weights are mapped at a time.
     """
     start = time.perf_counter()
-    rows = np.concatenate(batches) if len(batches) > 1 else batches[0]
-    outputs = run_parts(parts, part_rows(rows) if part_rows else rows)
+    outputs = run_parts(parts, rows, part_rows)
     return PartRuns(rows, tuple(outputs), part_rows is not None, time.perf_counter() - start)
 
 

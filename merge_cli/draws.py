@@ -200,7 +200,7 @@ def records(arrays: dict[str, np.ndarray]) -> np.ndarray:
 def finite_records(rows: np.ndarray) -> np.ndarray:
     """Per row: every number in it is finite (strings always are)."""
     if rows.dtype.names is None:
-        return np.asarray(np.isfinite(rows.astype(np.float64)).all(axis=1))
+        return np.asarray(np.isfinite(rows).all(axis=1)) if rows.dtype.kind in "fc" else np.ones(len(rows), dtype=bool)
     ok = np.ones(len(rows), dtype=bool)
     for name in rows.dtype.names:
         field = rows[name]

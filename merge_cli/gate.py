@@ -189,17 +189,14 @@ def gate_rows(heads: list[Head], rows: np.ndarray, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if rows.dtype.names is not None:
         return _gate_records(heads, rows, rng)
-    out = rows.astype(np.float64).copy()
-    patterns = len(heads) + 3
-    for i in range(len(out)):
-        pattern = i % patterns
-        if 1 <= pattern <= len(heads):
-            out[i, list(heads[pattern - 1].columns)] = np.nan
-        elif pattern == len(heads) + 1:
-            out[i, :] = np.nan
-        elif pattern == len(heads) + 2:
-            out[i, rng.integers(out.shape[1])] = np.nan
-    return out.astype(rows.dtype)
+    out = rows.copy()  # float32 or float64: NaN fits either
+    pattern = np.arange(len(out)) % (len(heads) + 3)  # row i gets pattern i mod (models + 3)
+    for k, head in enumerate(heads, start=1):
+        out[np.ix_(np.flatnonzero(pattern == k), np.asarray(head.columns, dtype=np.int64))] = np.nan
+    out[pattern == len(heads) + 1] = np.nan
+    one = np.flatnonzero(pattern == len(heads) + 2)
+    out[one, rng.integers(out.shape[1], size=len(one))] = np.nan
+    return out
 
 
 def _gate_records(heads: list[Head], rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -159,8 +159,8 @@ def verify_written(merged: Path, built: Built, references: Future[PartRuns] | No
 def reference_runs(built: Built) -> PartRuns:
     """The original files run on the request's seeded random rows (and the --data rows)."""
     mapping, parts = built.mapping, list(built.parts)
-    batches = rows_to_verify(built.request.rows, mapping, parts, list(built.heads), built.model, built.rows)
-    return run_references(parts, batches, part_rows(mapping))
+    rows = rows_to_verify(built.request.rows, mapping, parts, list(built.heads), built.model, built.rows)
+    return run_references(parts, rows, part_rows(mapping))
 
 
 def in_background(work: Callable[[], PartRuns]) -> Future[PartRuns]:

@@ -298,8 +298,10 @@ def random_rows(n: int, width: int, dtype: str, seed: int = 0) -> np.ndarray:
     fewer than `n` for a very wide table (rows_for_width)."""
     n = rows_for_width(n, width)
     rng = np.random.default_rng(seed)
-    rows = rng.standard_normal((n, width)) * 10.0 ** rng.uniform(-1, 1, size=(n, 1))
-    return rows.astype(dtype)
+    kind = np.float32 if dtype == "float32" else np.float64  # drawn in that dtype: no float64 copy of 1M rows
+    rows = rng.standard_normal((n, width), dtype=kind)
+    rows *= (10.0 ** rng.uniform(-1, 1, size=(n, 1))).astype(kind)
+    return np.asarray(rows)
 
 
 def part_feed(part: Part, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -435,8 +437,10 @@ def batch_size(parts: list[Part]) -> int | None:
     return min(sizes) if sizes else None
 
 
-def run_parts(parts: list[Part], rows: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """Every ORIGINAL part file on all `rows` (for fitting a stack, verifying, and scores on real rows).
+def run_parts(parts: list[Part], rows: np.ndarray,
+              fed: Callable[[np.ndarray], np.ndarray] | None = None) -> list[dict[str, np.ndarray]]:
+    """Every ORIGINAL part file on all `rows` (for fitting a stack, verifying, and scores on real rows);
+    `fed` turns each piece into what the parts are given (gate's NaN cells filled), a piece at a time.
 
     One session at a time, each closed before the next opens: only one part's weights are mapped at once.
     """
@@ -444,8 +448,12 @@ def run_parts(parts: list[Part], rows: np.ndarray) -> list[dict[str, np.ndarray]
     outputs = []
     for part in parts:
         session = part_session(part)
-        outputs.append(in_chunks(lambda piece, p=part, s=session: run_part(p, s, piece), rows, chunk))  # type: ignore[misc]
-        del session
+
+        def run(piece: np.ndarray, p: Part = part, s: onnxruntime.InferenceSession = session) -> dict[str, np.ndarray]:
+            return run_part(p, s, fed(piece) if fed else piece)
+
+        outputs.append(in_chunks(run, rows, chunk))
+        del session, run
     return outputs
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from .combining import Head
 from .draws import data_rows
 from .errors import incompatible
@@ -14,22 +16,22 @@ from .prepare import verification_batches
 from .runtime import random_rows, rows_for_width
 
 if TYPE_CHECKING:
-    import numpy as np
     from onnx import ModelProto
 
     from .data import Rows
 
 
 def rows_to_verify(rows: int, mapping: FeatureMapping, parts: list[Part], heads: list[Head], model: ModelProto,
-                   data: Rows | None) -> list[np.ndarray]:
-    """`rows` seeded random rows (and gate's NaN patterns of them), then the --data rows."""
+                   data: Rows | None) -> np.ndarray:
+    """`rows` seeded random rows (and gate's NaN patterns of them), then the --data rows, as one set."""
     real = data_rows(mapping.inputs, data.inputs) if data is not None else None
     if mapping.inputs.single_table and mapping.inputs.tables[0].dtype in ("float32", "float64"):
         random = random_rows(rows, len(mapping.inputs.columns), mapping.inputs.tables[0].dtype)
     else:  # records with a field per merged input, drawn per input (draws.py)
         random = typed_random_rows(rows_for_width(rows, len(mapping.inputs.columns)), mapping, parts,
                                    input_shapes(model))
-    return verification_batches(mapping, heads, random, real)
+    batches = verification_batches(mapping, heads, random, real)
+    return np.concatenate(batches) if len(batches) > 1 else batches[0]
 
 
 LOW_PRECISION = {10: ("float16", 2.0 ** -10), 16: ("bfloat16", 2.0 ** -7)}  # ONNX elem type: (name, machine epsilon)
