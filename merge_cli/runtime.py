@@ -22,7 +22,7 @@ from .residency import pages_given_back
 
 if TYPE_CHECKING:
     import onnxruntime
-    from onnx import ModelProto, NodeProto
+    from onnx import ModelProto
 
 
 # onnxruntime >= 1.29 on Linux starts a telemetry uploader at import that leaves $TMPDIR/.ses behind
@@ -83,6 +83,8 @@ def open_session(source: Path | bytes, on_error: Callable[[str], MergeError],
     ort = runtime()
 
     if isinstance(source, bytes):
+        from .unrunnable import refuse_what_cannot_run
+
         refuse_what_cannot_run(source, on_error)
     try:
         what = str(source) if isinstance(source, Path) else source
@@ -100,7 +102,7 @@ def file_session(path: Path, on_error: Callable[[str], MergeError],
     to MB, cut out of the file at the wire level, see wire.read_located_skeleton) with each large weight
     marked as external data at its own offset in the same file, so every byte it computes with is
     still the file's own. Either way it gets bytes, not the path, so that what would crash it is
-    refused first (refuse_what_cannot_run). `weight_bytes`: the model's weights with its external data
+    refused first (unrunnable.refuse_what_cannot_run). `weight_bytes`: the model's weights with its external data
     files (default: the file's size and its `<name>.data`), which decide how many threads it gets.
     """
     from .wire import WireError, read_located_skeleton
@@ -157,86 +159,6 @@ def proto_session(model: ModelProto, folder: Path,
             entry.key, entry.value = key, value
     skeleton = copy.SerializeToString()
     return open_session(skeleton, on_error, checking_options(folder, prepack=len(skeleton) + mapped <= MAPPED_FROM))
-
-
-# onnxruntime lays a tree out recursively when it creates the session, ~700 bytes of stack per level:
-# a tree 12,000 levels deep overflows the 8 MiB main-thread stack and kills the process (SIGSEGV).
-MAX_TREE_DEPTH = 4096
-TREE_OPS = {"TreeEnsemble", "TreeEnsembleRegressor", "TreeEnsembleClassifier"}
-
-
-def refuse_what_cannot_run(model_bytes: bytes, on_error: Callable[[str], MergeError]) -> None:
-    """Refuse, before onnxruntime sees it, a tree deeper than it can lay out without crashing, and a
-    Loop it would never finish (loops.endless_loop).
-
-    Only a model that mentions a tree op or a Loop at all is parsed for this (a substring test on its bytes).
-    """
-    if b"TreeEnsemble" not in model_bytes and b"Loop" not in model_bytes:
-        return
-    from onnx import ModelProto
-
-    from .loops import endless_loop
-
-    model = ModelProto()
-    try:
-        model.ParseFromString(model_bytes)
-    except Exception:  # noqa: BLE001 - onnxruntime will say what is wrong with it
-        return
-    limit = max_tree_depth()
-    graphs = [model.graph, *model.functions]
-    for node in (n for g in graphs for n in all_nodes(g)):
-        if node.op_type in TREE_OPS and node.domain == "ai.onnx.ml":
-            depth = tree_depth(node)
-            if depth > limit:
-                named = f" {node.name!r}" if node.name else ""
-                raise on_error(f"its {node.op_type}{named} has a tree {depth} levels deep; onnxruntime crashes "
-                               f"laying out trees that deep (more than {limit} levels are refused)")
-    endless = endless_loop(model) if b"Loop" in model_bytes else None
-    if endless:
-        raise on_error(endless)
-
-
-def max_tree_depth() -> int:
-    """MAX_TREE_DEPTH, or less when the stack is smaller than the usual 8 MiB (ulimit -s)."""
-    import resource
-
-    soft, _ = resource.getrlimit(resource.RLIMIT_STACK)
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return MAX_TREE_DEPTH
-    return min(MAX_TREE_DEPTH, soft // 2048)
-
-
-def tree_depth(node: NodeProto) -> int:
-    """The deepest branch of any tree of a TreeEnsemble* node (levels of branch nodes; cycles cut)."""
-    attrs = {a.name: list(a.ints) for a in node.attribute if a.ints}
-    if node.op_type == "TreeEnsemble":  # ai.onnx.ml 5: branch nodes only; a child is a leaf when *leafs says so
-        true_ids, false_ids = attrs.get("nodes_truenodeids", []), attrs.get("nodes_falsenodeids", [])
-        true_leaf, false_leaf = attrs.get("nodes_trueleafs", []), attrs.get("nodes_falseleafs", [])
-        children: dict[object, list[object]] = {}
-        for i in range(min(len(true_ids), len(false_ids), len(true_leaf), len(false_leaf))):
-            children[i] = [c for c, leaf in ((true_ids[i], true_leaf[i]), (false_ids[i], false_leaf[i])) if not leaf]
-        roots: list[object] = list(attrs.get("tree_roots", []))
-    else:  # ml 1-3: every node numbered within its tree, leaves too
-        trees, ids = attrs.get("nodes_treeids", []), attrs.get("nodes_nodeids", [])
-        true_ids, false_ids = attrs.get("nodes_truenodeids", []), attrs.get("nodes_falsenodeids", [])
-        modes = next((list(a.strings) for a in node.attribute if a.name == "nodes_modes"), [])
-        children = {}
-        for i in range(min(len(trees), len(ids), len(true_ids), len(false_ids), len(modes))):
-            if modes[i] != b"LEAF":
-                children[(trees[i], ids[i])] = [(trees[i], true_ids[i]), (trees[i], false_ids[i])]
-        has_parent = {c for kids in children.values() for c in kids}
-        roots = [n for n in children if n not in has_parent]
-    depth, level, seen = 0, [r for r in roots if r in children], set(roots)
-    while level:
-        depth += 1
-        following = []
-        for n in level:
-            for c in children.get(n, ()):
-                if c in children and c not in seen:
-                    seen.add(c)
-                    following.append(c)
-        level = following
-    return depth
 
 
 def import_runtime() -> None:

@@ -11,7 +11,8 @@ from conftest import rows, run_console, run_model, save_text_model, write_mappin
 from onnx import TensorProto, helper, numpy_helper
 
 from merge_cli.errors import ExitCode
-from merge_cli.runtime import MAX_TREE_DEPTH, ROWS_PER_RUN, in_chunks, tree_depth
+from merge_cli.runtime import ROWS_PER_RUN, in_chunks
+from merge_cli.unrunnable import MAX_TREE_DEPTH, tree_depth
 
 
 def chain_tree(depth: int) -> onnx.ModelProto:
