@@ -424,6 +424,22 @@ HOSTILE_CASES.append(Case("stack_of_identical_parts_with_alpha_0", stack_of_iden
                           hint=True, json=True))
 
 
+def stack_passing_through_a_column_that_is_never_finite(d: Path) -> list[str]:
+    """passthrough = "all" with one column NaN on every row: no row is left to fit on (was exit 70)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4))
+    lines = ["A,B,C,D,y", *(",".join(["nan", *(f"{v:.6f}" for v in r[1:]), f"{r[1] + r[2]:.6f}"]) for r in x)]
+    (d / "rows.csv").write_text("\n".join(lines) + "\n")
+    doc = mapping_doc()
+    doc["combiner"] = {"kind": "stack", "data": "rows.csv", "target": "y", "passthrough": "all", "folds": 2}
+    return two_regressors(d, doc=doc)
+
+
+HOSTILE_CASES.append(Case("stack_passing_through_a_column_that_is_never_finite",
+                          stack_passing_through_a_column_that_is_never_finite, ExitCode.BAD_INPUT, "rows.csv",
+                          "0 of its 40 rows with a target have finite values", hint=True, json=True))
+
+
 # ---------------------------------------------------------------------------- verify on a forged merged file
 
 
