@@ -83,6 +83,11 @@ def fit(spec: FeatureMapping, parts: list[Part], rows: Rows) -> StackModel:
         assert heads[0].classes is not None
         y = class_indices(rows.target, heads[0].classes, rows.path)
         usable = y >= 0
+        seen = np.unique(y[usable])
+        if len(seen) == 1:  # a fit on one class learns to predict it everywhere: a merged model that is wrong
+            label = heads[0].classes[int(seen[0])]
+            raise bad_input(rows.path, f"every row's target {rows.target_name!r} is {label!r}: a stack learned from "
+                            "one class would predict it for every row", "give rows of every class the models know")
     else:
         if rows.target.dtype == object:
             raise bad_input(rows.path, f"target {rows.target_name!r} holds text; the regressors need numbers")

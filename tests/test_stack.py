@@ -70,6 +70,17 @@ def test_passthrough_all_and_learner_are_validated(cli, wine: Job) -> None:  # n
         assert not (wine.dir / "bad.onnx").exists()
 
 
+def test_stack_rows_of_one_class_are_refused(cli, wine: Job) -> None:  # noqa: F811
+    """A stack fitted where the target is one class learns to predict it for every row: exit 3, not that model."""
+    one = wine.stack[wine.y[wine.stack] == wine.y[wine.stack][0]]
+    wine.csv(one, "one.csv")
+    mapping = wine.mapping({"kind": "stack", "data": "one.csv", "target": "y"}, name="one.toml")
+    result = cli("merge", "--map", mapping, "--out", wine.dir / "one.onnx")
+    assert result.code == 3 and len(result.error_lines) == 1, result.stderr
+    assert "one.csv" in result.error_lines[0] and "a stack learned from one class" in result.error_lines[0]
+    assert not (wine.dir / "one.onnx").exists()
+
+
 def test_on_37_rows_the_stack_is_pulled_towards_the_pool_and_beats_the_better_part(cli, tmp_path) -> None:
     """iris, a random forest on each half of the columns, 37 stack rows: pulled towards `mean` (of a good and a
     poor part) the stack lost to the better part on held-out rows (log-loss 0.089 against 0.063); pulled
