@@ -13,6 +13,8 @@ from skl2onnx import to_onnx
 from sklearn.datasets import load_iris, load_wine
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 
 def real_rows() -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +59,7 @@ def test_fresh_skl2onnx_classifiers_on_disjoint_columns(cli, tmp_path: Path, dat
     width = X.shape[1]
     cols_a, cols_b = list(range(0, width, 2)), list(range(1, width, 2))
     names = [f"f{i}" for i in range(width)]
-    part_a = LogisticRegression(max_iter=2000).fit(X[:, cols_a], y)
+    part_a = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X[:, cols_a], y)  # a pipeline, as users export
     part_b = GradientBoostingClassifier(n_estimators=10, max_depth=2, random_state=0).fit(X[:, cols_b], y)
     for name, model, cols in (("a", part_a, cols_a), ("b", part_b, cols_b)):
         onx = to_onnx(model, X[:1, cols], options={"zipmap": False}, target_opset=17)
