@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .errors import bad_input, first_line
+from .process import settle
 from .wire import PROTOBUF_LIMIT, ByteRange, WireError, read_range, read_skeleton, ref_of, reference_location
 from .writing import scratch_dir
 
@@ -341,10 +343,7 @@ def hash_in_background(paths: list[Path]) -> dict[Path, Future[str]]:
             if item is None:
                 return
             path, future = item
-            try:
-                future.set_result(sha256_file(path))
-            except BaseException as e:  # handed to whoever reads the digest
-                future.set_exception(e)
+            settle(future, functools.partial(sha256_file, path))
 
     for _ in range(min(len(futures), os.cpu_count() or 1)):
         threading.Thread(target=work, name="merge-models-sha256", daemon=True).start()

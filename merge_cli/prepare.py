@@ -22,7 +22,7 @@ from .user_graph import read_user_graph
 
 if TYPE_CHECKING:
     from .comparison import Outputs
-from .stacking import StackModel, fit_stack, usable_rows
+from .stacking import StackModel, TooFewRows, fit_stack
 
 
 def data_defaults(mapping: FeatureMapping, data: str | Path | None, target: str | None) -> FeatureMapping:
@@ -100,16 +100,14 @@ def fit(spec: FeatureMapping, parts: list[Part], rows: Rows) -> StackModel:
     keep = slice(None) if usable.all() else np.flatnonzero(usable)  # no copies when every row has a target
     # passthrough columns come from one float table; records of typed inputs have none (check_typed_support)
     table = x[keep] if x.dtype.names is None else np.zeros((int(usable.sum()), 0))
-    outputs, y = [o[keep] for o in outputs], y[keep]
-    finite = len(usable_rows(outputs, table, y, spec.combiner.passthrough))
-    if finite < 2 * folds:
-        raise bad_input(rows.path, f"{finite} of its {int(usable.sum())} rows with a target have finite values in "
-                        f"every passthrough column and model output; stack needs at least {2 * folds} for "
-                        f"{folds}-fold cross-validation", "fill the missing cells, or pass fewer columns through")
     try:
-        return fit_stack(task, outputs, table, y,  # type: ignore[arg-type]
+        return fit_stack(task, [o[keep] for o in outputs], table, y[keep],  # type: ignore[arg-type]
                          [p.name for p in parts], spec.combiner.passthrough, spec.combiner.alpha, folds, k,
                          spec.combiner.learner)
+    except TooFewRows as e:
+        raise bad_input(rows.path, f"{e.rows} of its {int(usable.sum())} rows with a target have finite values in "
+                        f"every passthrough column and model output; stack needs at least {2 * folds} for "
+                        f"{folds}-fold cross-validation", "fill the missing cells, or pass fewer columns through") from None
     except np.linalg.LinAlgError:  # alpha = 0 with parts whose outputs are linearly dependent (identical parts)
         raise bad_input(spec.source, f"combiner.alpha = {spec.combiner.alpha:g}: the stack's fit has no unique "
                         "solution (the parts' outputs on these rows are linearly dependent)",

@@ -11,11 +11,13 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
-from typing import IO, TextIO
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import IO, TextIO, TypeVar
 
 from .errors import Signalled
 
+T = TypeVar("T")
 TERMINATING = (signal.SIGTERM, signal.SIGHUP)  # handled as Ctrl-C is (errors.Signalled)
 
 
@@ -130,3 +132,19 @@ def _fileno(stream: TextIO) -> int | None:
 def _flush(stream: TextIO) -> None:
     with contextlib.suppress(Exception):
         stream.flush()
+
+
+def settle(future: Future[T], work: Callable[[], T]) -> None:
+    """Run `work` and hand its result, or whatever it raised, to `future` (read by another thread)."""
+    try:
+        future.set_result(work())
+    except BaseException as e:  # handed to whoever reads the result
+        future.set_exception(e)
+
+
+def in_background(work: Callable[[], T], name: str) -> Future[T]:
+    """Start `work` on a daemon thread now; its result (or error) is read later. A daemon thread lets a
+    failed merge exit without waiting for it."""
+    future: Future[T] = Future()
+    threading.Thread(target=settle, args=(future, work), name=name, daemon=True).start()
+    return future

@@ -27,7 +27,7 @@ from pathlib import Path
 
 MADV_DONTNEED = 4  # Linux: drop the range's pages from this process; file pages stay in the page cache
 EVERY = 0.1  # seconds between two passes (each reads /proc/self/smaps: ~5 ms)
-MAPS = "/proc/self/smaps"
+SMAPS = "/proc/self/smaps"
 Madvise = Callable[[ctypes.c_void_p, ctypes.c_size_t, int], int]
 
 
@@ -74,7 +74,7 @@ def drop_mapped(paths: set[str], madvise: Madvise) -> int:
         return mapping[1] - mapping[0] if ok else 0
 
     try:
-        with open(MAPS, encoding="utf-8", errors="replace") as smaps:
+        with open(SMAPS, encoding="utf-8", errors="replace") as smaps:
             for line in smaps:
                 fields = line.rstrip("\n").split(maxsplit=5)
                 if fields[0] == "Rss:":
@@ -96,7 +96,7 @@ def drop_mapped(paths: set[str], madvise: Madvise) -> int:
 @functools.cache
 def _madvise() -> Madvise | None:
     """libc's madvise, where there is one and /proc/self/maps says what is mapped (Linux)."""
-    if not sys.platform.startswith("linux") or not os.path.exists(MAPS):
+    if not sys.platform.startswith("linux") or not os.path.exists(SMAPS):
         return None
     try:
         madvise = ctypes.CDLL(None, use_errno=True).madvise

@@ -421,8 +421,7 @@ def _run_merged(session: onnxruntime.InferenceSession, path: Path, rows: np.ndar
 
     def run(piece: np.ndarray) -> dict[str, np.ndarray]:
         try:
-            with weights_given_back([path, path.with_name(path.name + ".data")], stored_bytes(path)):
-                values = session.run([o.name for o in outputs], merged_feed(names, piece))
+            values = session.run([o.name for o in outputs], merged_feed(names, piece))
         except Exception as e:
             raise MergeError(ExitCode.VERIFY_FAILED, path.name,
                              f"onnxruntime cannot run the merged model: {first_line(e)}") from None
@@ -434,7 +433,8 @@ def _run_merged(session: onnxruntime.InferenceSession, path: Path, rows: np.ndar
                 shape_problems.setdefault(o.name, wrong)
         return got
 
-    return in_chunks(run, rows, chunk)
+    with weights_given_back([path, path.with_name(path.name + ".data")], stored_bytes(path)):  # once, over every piece
+        return in_chunks(run, rows, chunk)
 
 
 def run_file(path: Path, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:

@@ -268,6 +268,14 @@ def beats(a: Candidate, b: Candidate) -> bool:
     return bool(diff.mean() + diff.std(ddof=1) / np.sqrt(len(diff)) < -1e-6 * abs(b.loss))
 
 
+class TooFewRows(ValueError):
+    """Fewer usable rows (finite target, outputs and passthrough cells) than two per fold."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__(f"{rows} usable rows")
+        self.rows = rows
+
+
 def usable_rows(outputs: list[np.ndarray], rows: np.ndarray, y: np.ndarray, passthrough: tuple[int, ...]) -> np.ndarray:
     """Indices of the rows whose target, parts' outputs and passthrough columns are all finite: the rows
     whose features are (log(max(p, EPS)) is finite wherever p is)."""
@@ -294,11 +302,12 @@ def fit_stack(task: Task, outputs: list[np.ndarray], rows: np.ndarray, y: np.nda
     """
     k = classes if task == "classification" else 1
     usable = usable_rows(outputs, rows, y, passthrough)
+    if len(usable) < 2 * folds:
+        raise TooFewRows(len(usable))
     used = usable[sample(len(usable), FIT_ROWS, seed=2)]
     x, y = features(task, [o[used] for o in outputs], rows[used], passthrough), y[used]
     parts = [o[used].astype(np.float64).reshape(len(used), -1) for o in outputs]  # [N, K] or [N, 1]
-    n = len(x)
-    folds = min(folds, n)
+    n = len(x)  # at least 2 * folds (TooFewRows)
     cv = sample(n, CV_ROWS)
     found = cross_validate(task, x[cv], y[cv], k, (alpha,) if alpha is not None else ALPHAS, folds, len(outputs),
                            learner == "auto")

@@ -46,15 +46,15 @@ def refuse_what_cannot_run(model_bytes: bytes, on_error: Callable[[str], MergeEr
     except Exception:  # noqa: BLE001 - onnxruntime will say what is wrong with it
         return
     limit = max_tree_depth()
-    graphs = [model.graph, *model.functions]
-    for node in (n for g in graphs for n in all_nodes(g)):
+    nodes = [n for g in (model.graph, *model.functions) for n in all_nodes(g)]
+    for node in nodes:
         if node.op_type in TREE_OPS and node.domain == "ai.onnx.ml":
             depth = tree_depth(node)
             if depth > limit:
                 named = f" {node.name!r}" if node.name else ""
                 raise on_error(f"its {node.op_type}{named} has a tree {depth} levels deep; onnxruntime crashes "
                                f"laying out trees that deep (more than {limit} levels are refused)")
-    endless = endless_loop(model) if b"Loop" in model_bytes else None
+    endless = endless_loop(model, nodes) if b"Loop" in model_bytes else None
     if endless:
         raise on_error(endless)
 
@@ -105,9 +105,9 @@ def tree_depth(node: NodeProto) -> int:
 MAX_TRIPS = 100_000_000  # more iterations than this, with nothing that can stop them early, is refused
 
 
-def endless_loop(model: ModelProto) -> str | None:
-    """What is wrong with the first Loop that cannot stop before MAX_TRIPS iterations, or None."""
-    nodes = all_nodes(model.graph) + [n for f in model.functions for n in f.node]
+def endless_loop(model: ModelProto, nodes: list[NodeProto]) -> str | None:
+    """What is wrong with the first Loop among `nodes` (every node of `model`, at any depth) that cannot stop
+    before MAX_TRIPS iterations, or None."""
     constants = _constants(model, nodes)
     for node in nodes:
         if node.op_type != "Loop" or node.domain not in ("", "ai.onnx"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import REDUCESUM_11, rows, save_text_model
+from conftest import REDUCESUM_11, REGRESSOR_13, rows, save_text_model
 
 from merge_cli.combiners import build_combiner, reference
 from merge_cli.combining import Head, Prepared
@@ -22,15 +22,6 @@ from merge_cli.model_io import load_model
 from merge_cli.parts import Part, read_part
 from merge_cli.request import MergeRequest, weights_of
 from merge_cli.splice import merged_model, prefixed, splice
-
-LINEAR_13 = """
-<ir_version: 7, opset_import: ["" : 13]>
-g (float[N,2] x) => (float[N,1] y) <float[2,1] w = {0.5, -1.0}, float[1] b = {0.25}>
-{
-  t = MatMul(x, w)
-  y = Add(t, b)
-}
-"""
 
 # A "classifier" that gives only the positive class's probability, [N, 1], with its labels in the mapping.
 POSITIVE_13 = """
@@ -109,7 +100,7 @@ def test_align_heads_makes_a_positive_class_output_two_columns_in_the_common_ord
 
 
 def test_prefixed_renames_every_tensor_and_leaves_the_input_part_alone(tmp_path: Path) -> None:
-    (part,) = read_all(mapping_of(tmp_path, {"lin": (LINEAR_13, ["a", "b"])}, ["a", "b"]))
+    (part,) = read_all(mapping_of(tmp_path, {"lin": (REGRESSOR_13, ["a", "b"])}, ["a", "b"]))
     out = prefixed(part)
     names = {t.name for t in out.model.graph.initializer} | {n for node in out.model.graph.node for n in node.output}
     assert names == {"lin/w", "lin/b", "lin/t", "lin/y"}
@@ -117,7 +108,7 @@ def test_prefixed_renames_every_tensor_and_leaves_the_input_part_alone(tmp_path:
 
 
 def test_splice_routes_columns_and_the_mean_combiner_matches_its_reference(tmp_path: Path) -> None:
-    mapping = mapping_of(tmp_path, {"lin": (LINEAR_13, ["c", "a"]), "sq": (REDUCESUM_11, ["b", "c", "a"])}, ["a", "b", "c"])
+    mapping = mapping_of(tmp_path, {"lin": (REGRESSOR_13, ["c", "a"]), "sq": (REDUCESUM_11, ["b", "c", "a"])}, ["a", "b", "c"])
     parts = read_all(mapping)
     target = common_target(parts, None)
     parts = [prefixed(convert_part(p, target)) for p in parts]

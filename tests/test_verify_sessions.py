@@ -64,20 +64,26 @@ def refused_before_it_runs(tmp_path: Path, bad: str, good: str) -> str:
     return result.error_lines[0]
 
 
-def test_a_fixed_batch_is_run_in_pieces_and_every_row_compared(tmp_path: Path, cli) -> None:
-    """A part that fixes its batch at 4 is run on 10 rows as 4 + 4 + 2 (padded, then cut): 10 rows compared."""
-    save_text_model(tmp_path / "fixed.onnx", """
+def sum_and_negation(tmp_path: Path, batch: str, kind: str) -> Path:
+    """Model `fixed` sums columns a, b (its batch `batch`: "N" or a fixed size), model `free` negates c."""
+    save_text_model(tmp_path / "fixed.onnx", f"""
         <ir_version: 8, opset_import: ["" : 17]>
-        fixed (float[4, 2] x) => (float[4, 1] y) <int64[1] axes = {1}> { y = ReduceSum <keepdims: int = 1> (x, axes) }
+        fixed (float[{batch}, 2] x) => (float[{batch}, 1] y) <int64[1] axes = {{1}}>
+        {{ y = ReduceSum <keepdims: int = 1> (x, axes) }}
     """)
     save_text_model(tmp_path / "free.onnx", """
         <ir_version: 8, opset_import: ["" : 17]>
         free (float[N, 1] x) => (float[N, 1] y) { y = Neg(x) }
     """)
-    mapping = write_mapping(tmp_path / "m.toml", {
+    return write_mapping(tmp_path / "m.toml", {
         "version": 1, "input": {"columns": ["a", "b", "c"]},
         "models": {"fixed": {"path": "fixed.onnx", "columns": ["a", "b"]}, "free": {"path": "free.onnx", "columns": ["c"]}},
-        "combiner": {"kind": "sum"}})
+        "combiner": {"kind": kind}})
+
+
+def test_a_fixed_batch_is_run_in_pieces_and_every_row_compared(tmp_path: Path, cli) -> None:
+    """A part that fixes its batch at 4 is run on 10 rows as 4 + 4 + 2 (padded, then cut): 10 rows compared."""
+    mapping = sum_and_negation(tmp_path, "4", "sum")
     out = tmp_path / "out.onnx"
     result = cli("merge", "--map", mapping, "--out", out, "--rows", "10", "--json")
     assert result.code == 0, result.stderr
@@ -105,18 +111,7 @@ def test_many_rows_of_a_free_batch_are_run_in_bounded_pieces_and_joined() -> Non
 
 
 def test_more_rows_than_one_run_takes_are_all_verified(tmp_path: Path, cli) -> None:
-    save_text_model(tmp_path / "a.onnx", """
-        <ir_version: 8, opset_import: ["" : 17]>
-        a (float[N, 2] x) => (float[N, 1] y) <int64[1] axes = {1}> { y = ReduceSum <keepdims: int = 1> (x, axes) }
-    """)
-    save_text_model(tmp_path / "b.onnx", """
-        <ir_version: 8, opset_import: ["" : 17]>
-        b (float[N, 1] x) => (float[N, 1] y) { y = Neg(x) }
-    """)
-    mapping = write_mapping(tmp_path / "m.toml", {
-        "version": 1, "input": {"columns": ["a", "b", "c"]},
-        "models": {"a": {"path": "a.onnx", "columns": ["a", "b"]}, "b": {"path": "b.onnx", "columns": ["c"]}},
-        "combiner": {"kind": "mean"}})
+    mapping = sum_and_negation(tmp_path, "N", "mean")
     result = cli("merge", "--map", mapping, "--out", tmp_path / "out.onnx", "--rows", str(2 * ROWS_PER_RUN + 3), "--json")
     assert result.code == 0, result.stderr
     assert result.json["verification"]["rows"] == 2 * ROWS_PER_RUN + 3 and result.json["verification"]["passed"]
